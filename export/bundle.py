@@ -1,0 +1,28 @@
+"""Write a bundle directory: graphs already in place, plus a manifest that pins their hashes."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from service.manifest import MANIFEST_FILENAME, GraphFile, Manifest, load_manifest, sha256_file
+
+
+def graph_entry(bundle_dir: Path, filename: str, inputs: list[str], outputs: list[str]) -> GraphFile:
+    return GraphFile(path=filename, sha256=sha256_file(bundle_dir / filename), inputs=inputs, outputs=outputs)
+
+
+def invoking_command() -> str:
+    """The command line that is running, as a user would retype it (`python -m export.x ...`)."""
+    module = sys.modules["__main__"].__spec__
+    head = ["python", "-m", module.name] if module is not None else ["python", sys.argv[0]]
+    return shlex.join(head + sys.argv[1:])
+
+
+def write_bundle(bundle_dir: Path, **fields: Any) -> Manifest:
+    """Validate the manifest fields, write `manifest.json`, and read it back with hash verification."""
+    manifest = Manifest(**fields)
+    (bundle_dir / MANIFEST_FILENAME).write_text(manifest.to_json())
+    return load_manifest(bundle_dir, verify=True)

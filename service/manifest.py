@@ -1,0 +1,189 @@
+"""The bundle manifest: the only contract between `export/` (which writes it) and `service/` (which reads it).
+
+A bundle is a directory `model_repository/<name>/<version>/` holding ONNX graphs and `manifest.json`.
+Everything the service needs to run a bundle correctly (input spec, classes, noise levels, sample counts,
+detection thresholds) is here, together with what a reviewer needs to trust it (the producing command, the
+data split, measured metrics, file hashes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MANIFEST_FILENAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """The bundle on disk cannot be served: missing files, bad JSON, or hashes that do not match."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """What one input image must look like when it reaches the graphs."""
+
+    channels: int = Field(ge=1, le=4)
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    dtype: Literal["float32"] = "float32"
+    value_range: tuple[float, float] = (0.0, 1.0)
+    color_mode: Literal["L", "RGB"]
+    """Pillow mode that decoded images are converted to before scaling to `value_range`."""
+
+    @model_validator(mode="after")
+    def _mode_matches_channels(self) -> InputSpec:
+        expected = {"L": 1, "RGB": 3}[self.color_mode]
+        if self.channels != expected:
+            raise ValueError(f"color_mode {self.color_mode} needs {expected} channels, not {self.channels}")
+        return self
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+
+class Normalization(_Strict):
+    """Per-channel normalisation. It is applied inside the graphs, so clients always send pixels in range."""
+
+    mean: list[float]
+    std: list[float]
+    applied_in_graph: bool = True
+
+
+class RSESpec(_Strict):
+    """Random Self-Ensemble settings (Liu et al., ECCV 2018)."""
+
+    sigma_init: float = Field(ge=0)
+    """Std of the Gaussian noise added to the pixels before the first convolution."""
+    sigma_inner: float = Field(ge=0)
+    """Std of the noise added before every later convolution."""
+    default_samples: int = Field(ge=1)
+    """N used when a request does not ask for one."""
+    max_samples: int = Field(ge=1)
+    """Largest N a request may ask for (bounds the engine work per image)."""
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> RSESpec:
+        if self.default_samples > self.max_samples:
+            raise ValueError("default_samples exceeds max_samples")
+        return self
+
+
+class GraphFile(_Strict):
+    """One ONNX file of the bundle and the I/O names the service binds to."""
+
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inputs: list[str]
+    outputs: list[str]
+
+
+class Calibration(_Strict):
+    """Thresholds of the "looks adversarial" flag and the clean data they were fitted on.
+
+    Every score is oriented so that larger means more suspicious; an input is flagged for a score when it
+    exceeds that score's threshold, and flagged overall when any score does.
+    """
+
+    target_false_positive_rate: float = Field(gt=0, lt=1)
+    thresholds: dict[str, float]
+    samples: int = Field(ge=1)
+    """Ensemble size N the scores were computed with."""
+    data: str
+    """Which clean images were used (split name and size)."""
+    num_images: int = Field(ge=1)
+    calibration_false_positive_rate: float
+    """Combined flag rate on the calibration images themselves."""
+
+
+class DataSplit(_Strict):
+    """How the training/calibration/test images were drawn, so the numbers can be reproduced."""
+
+    dataset: str
+    source: str
+    seed: int
+    stratified: bool
+    train: int
+    calibration: int
+    test: int
+
+
+class Metrics(_Strict):
+    """Numbers measured on the exported graphs through the service's own engine."""
+
+    clean_accuracy: float
+    test_images: int
+    samples: int
+    flag_rate_clean: float
+    """Share of clean test images the combined flag fires on (the measured false-positive rate)."""
+    measured_with: str
+
+
+class Manifest(_Strict):
+    """Everything the service needs to know about one model bundle."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: str = Field(pattern=r"^[0-9]+$")
+    description: str
+    created_at: datetime
+    produced_by: str
+    """The exact command that produced this bundle."""
+    input: InputSpec
+    normalization: Normalization
+    classes: list[str] = Field(min_length=2)
+    rse: RSESpec
+    graphs: dict[str, GraphFile]
+    """`ensemble`: images [B,C,H,W] float32 + samples int64 scalar -> probabilities [B,N,K]."""
+    calibration: Calibration
+    data: DataSplit
+    metrics: Metrics
+    training: dict[str, float | int | str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _has_ensemble(self) -> Manifest:
+        if "ensemble" not in self.graphs:
+            raise ValueError("a bundle needs an 'ensemble' graph")
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(bundle_dir: Path, *, verify: bool = True) -> Manifest:
+    """Read and validate a bundle's manifest; with `verify`, refuse any graph whose sha256 differs."""
+    path = bundle_dir / MANIFEST_FILENAME
+    try:
+        manifest = Manifest.model_validate_json(path.read_text())
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{bundle_dir}: no {MANIFEST_FILENAME}") from exc
+    except ValueError as exc:
+        raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
+    if verify:
+        for role, graph in manifest.graphs.items():
+            graph_path = bundle_dir / graph.path
+            if not graph_path.is_file():
+                raise ManifestError(f"{bundle_dir}: graph '{role}' file {graph.path} is missing")
+            actual = sha256_file(graph_path)
+            if actual != graph.sha256:
+                raise ManifestError(
+                    f"{bundle_dir}: graph '{role}' ({graph.path}) has sha256 {actual}, "
+                    f"manifest says {graph.sha256}; refusing to serve a modified bundle"
+                )
+    return manifest

@@ -1,0 +1,66 @@
+"""onnxruntime sessions: provider choice, thread settings and seeding of the in-graph noise.
+
+NOTE on randomness: onnxruntime seeds every random kernel (RandomNormalLike, RandomUniformLike) from one
+process-wide seed when the session is created, so two sessions made in one process draw the *same* noise
+sequence. We therefore set a fresh seed from the OS right before each session is built (under a lock,
+because the seed is global); a fixed seed is used only when the settings ask for one, in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+_SESSION_LOCK = threading.Lock()
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def choose_providers(preference: str) -> list[str]:
+    """The provider list for `preference` ("auto", "cuda" or "cpu"), falling back to CPU with a warning."""
+    available = ort.get_available_providers()
+    if preference == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if preference == "cuda":
+        log.warning("CUDA execution provider asked for but not available (have %s); using CPU", available)
+    return [CPU]
+
+
+def create_session(
+    path: Path, *, providers: list[str], intra_op_threads: int, seed: int | None
+) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    with _SESSION_LOCK:
+        ort.set_seed(seed if seed is not None else secrets.randbits(62))
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
+class EnsembleEngine:
+    """The RSE self-ensemble graph: one call runs B x N noisy passes and returns per-pass probabilities."""
+
+    def __init__(
+        self, path: Path, *, providers: list[str], intra_op_threads: int = 0, seed: int | None = None
+    ) -> None:
+        self.session = create_session(path, providers=providers, intra_op_threads=intra_op_threads, seed=seed)
+        self.provider = self.session.get_providers()[0]
+
+    def run(self, images: np.ndarray, samples: int) -> np.ndarray:
+        """images float32 [B, C, H, W] -> probabilities float32 [B, N, K]."""
+        feeds = {
+            "images": np.ascontiguousarray(images, dtype=np.float32),
+            "samples": np.asarray(samples, dtype=np.int64),
+        }
+        return self.session.run(["probabilities"], feeds)[0]
