@@ -1,0 +1,49 @@
+# The two commands a newcomer needs: `make serve` and `make test`. Each creates .venv and installs what it
+# needs; serving installs no torch.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Torch goes in first and pinned, CPU build: an unpinned torch pulls gigabytes of CUDA wheels. On a machine
+# without a local CPU wheel, set TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: serve test models examples lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.serve-deps: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[cpu]'
+	touch $@
+
+$(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
+	$(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH_SPEC)'
+	$(PIP) -e '.[cpu,train,dev]'
+	touch $@ $(VENV)/.serve-deps
+
+serve: $(VENV)/.serve-deps  ## start the service on the shipped default bundle
+	DEFENDED_HOST=$(HOST) DEFENDED_PORT=$(PORT) $(BIN)/python -m service
+
+test: $(VENV)/.dev-deps  ## run the whole test suite
+	$(BIN)/python -m pytest
+
+models: $(VENV)/.dev-deps  ## retrain and re-export the shipped bundle(s)
+	$(BIN)/python -m export.mnist_rse --out model_repository
+
+examples: $(VENV)/.dev-deps  ## rewrite the example images under examples/
+	$(BIN)/python -m export.examples --out examples
+
+lint: $(VENV)/.dev-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.dev-deps
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,109 @@
+"""Bundles on disk -> loaded, verified, warmed-up models, by name.
+
+The repository holds `<name>/<version>/manifest.json`; the highest numeric version of each name is served.
+A bundle that fails to load (bad manifest, hash mismatch, graph I/O not as declared) is logged and left out,
+so one broken bundle never takes the others down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.errors import ModelNotFound
+from service.manifest import MANIFEST_FILENAME, Manifest, ManifestError, load_manifest
+from service.runtime import EnsembleEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    manifest: Manifest
+    path: Path
+    engine: EnsembleEngine
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+def latest_versions(repository: Path) -> dict[str, Path]:
+    """name -> folder of its highest numeric version that has a manifest."""
+    found: dict[str, Path] = {}
+    if not repository.is_dir():
+        return found
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
+        versions = [v for v in model_dir.iterdir() if v.name.isdigit() and (v / MANIFEST_FILENAME).is_file()]
+        if versions:
+            found[model_dir.name] = max(versions, key=lambda v: int(v.name))
+    return found
+
+
+def load_bundle(
+    bundle_dir: Path, *, providers: list[str], intra_op_threads: int, seed: int | None, warmup: bool
+) -> LoadedModel:
+    manifest = load_manifest(bundle_dir, verify=True)
+    graph = manifest.graphs["ensemble"]
+    engine = EnsembleEngine(
+        bundle_dir / graph.path, providers=providers, intra_op_threads=intra_op_threads, seed=seed
+    )
+    inputs = [node.name for node in engine.session.get_inputs()]
+    outputs = [node.name for node in engine.session.get_outputs()]
+    if inputs != graph.inputs or outputs != graph.outputs:
+        raise ManifestError(
+            f"{bundle_dir}: graph I/O {inputs} -> {outputs} differs from the manifest's "
+            f"{graph.inputs} -> {graph.outputs}"
+        )
+    if warmup:
+        probe = np.zeros((1, *manifest.input.shape), dtype=np.float32)
+        started = time.perf_counter()
+        engine.run(probe, manifest.rse.default_samples)
+        log.info("warmed up %s/%s in %.3fs", manifest.name, manifest.version, time.perf_counter() - started)
+    return LoadedModel(manifest=manifest, path=bundle_dir, engine=engine)
+
+
+class ModelRegistry:
+    def __init__(self) -> None:
+        self._models: dict[str, LoadedModel] = {}
+        self.failures: dict[str, str] = {}
+
+    def load_repository(
+        self, repository: Path, *, providers: list[str], intra_op_threads: int, seed: int | None, warmup: bool
+    ) -> None:
+        for name, bundle_dir in latest_versions(repository).items():
+            try:
+                model = load_bundle(
+                    bundle_dir, providers=providers, intra_op_threads=intra_op_threads, seed=seed, warmup=warmup
+                )
+            except (ManifestError, OSError, RuntimeError, ValueError) as exc:
+                log.error("not serving %s: %s", bundle_dir, exc)
+                self.failures[name] = str(exc)
+                continue
+            if model.name != name:
+                log.error("not serving %s: manifest names it %r", bundle_dir, model.name)
+                self.failures[name] = f"manifest name {model.name!r} differs from its folder {name!r}"
+                continue
+            self._models[name] = model
+            log.info("serving %s/%s from %s on %s", name, model.version, bundle_dir, model.engine.provider)
+
+    def get(self, name: str) -> LoadedModel:
+        try:
+            return self._models[name]
+        except KeyError:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise ModelNotFound(f"model '{name}' is not served (available: {known})", model=name) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._models
+
+    def models(self) -> list[LoadedModel]:
+        return [self._models[name] for name in sorted(self._models)]

@@ -1,0 +1,151 @@
+"""REST endpoints: parse the transport, call the data plane, return its answer. No model logic lives here."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from service.dataplane import DataPlane
+from service.errors import InvalidInput, MalformedRequest, NotReady, UnsupportedMediaType
+from service.schemas import ErrorBody, ModelInfo, ModelList, PredictRequest, PredictResponse
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "samples": {"type": "integer", "minimum": 1},
+    },
+    "required": ["files"],
+}
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": PredictRequest.model_json_schema()},
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+        },
+    }
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
+}
+
+SamplesQuery = Annotated[int | None, Query(description="Ensemble size N; overrides the model's default.")]
+
+
+def _parse_samples(raw: Any) -> int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise InvalidInput(f"samples must be an integer, got {raw!r}", field="samples")
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(f"samples must be an integer, got {raw!r}", field="samples") from None
+
+
+class Endpoints:
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "alive"}
+
+    async def readyz(self) -> JSONResponse:
+        if not self.dataplane.ready:
+            raise NotReady("models are still loading or the service is shutting down")
+        return JSONResponse({"status": "ready", "models": [m.name for m in self.dataplane.registry.models()]})
+
+    async def list_models(self) -> ModelList:
+        return self.dataplane.list_models()
+
+    async def model_metadata(self, name: str) -> ModelInfo:
+        return self.dataplane.model_info(self.dataplane.model(name))
+
+    async def metrics(self) -> Response:
+        body, content_type = self.dataplane.metrics.render()
+        return Response(body, media_type=content_type)
+
+    async def predict_default(self, request: Request, samples: SamplesQuery = None) -> PredictResponse:
+        return await self._predict(request, None, samples)
+
+    async def predict(self, name: str, request: Request, samples: SamplesQuery = None) -> PredictResponse:
+        return await self._predict(request, name, samples)
+
+    async def _predict(self, request: Request, name: str | None, samples: int | None) -> PredictResponse:
+        model = self.dataplane.model(name)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "application/json":
+            body = await self._json_body(request)
+            samples = body.samples if body.samples is not None else samples
+            count = self.dataplane.resolve_samples(model, samples)
+            images = await self.dataplane.decode_instances(model, body.instances)
+        elif content_type == "multipart/form-data":
+            payloads, form_samples = await self._form_body(request)
+            count = self.dataplane.resolve_samples(model, form_samples if form_samples is not None else samples)
+            images = await self.dataplane.decode_files(model, payloads)
+        else:
+            raise UnsupportedMediaType(
+                f"content type '{content_type or 'none'}' is not accepted; send application/json "
+                "({\"instances\": [...]}) or multipart/form-data (image files)"
+            )
+        return PredictResponse(predictions=await self.dataplane.predict(model, images, count))
+
+    @staticmethod
+    async def _json_body(request: Request) -> PredictRequest:
+        raw = await request.body()
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise MalformedRequest(f"body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidInput('body must be a JSON object like {"instances": [...]}')
+        data["samples"] = _parse_samples(data.get("samples"))
+        try:
+            return PredictRequest.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InvalidInput(f"invalid request body: {problems}") from None
+
+    async def _form_body(self, request: Request) -> tuple[list[bytes], int | None]:
+        limit = self.dataplane.settings.max_instances
+        try:
+            form = await request.form(
+                max_files=limit + 1, max_fields=16, max_part_size=self.dataplane.settings.max_body_bytes
+            )
+        except (MultiPartException, ValueError) as exc:
+            raise MalformedRequest(f"malformed multipart body: {exc}") from None
+        try:
+            files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+            payloads = [await upload.read() for upload in files]
+            samples = form.get("samples")
+            return payloads, _parse_samples(samples if isinstance(samples, str) else None)
+        finally:
+            await form.close()
+
+
+def build_router(dataplane: DataPlane) -> APIRouter:
+    endpoints = Endpoints(dataplane)
+    router = APIRouter()
+    router.add_api_route("/healthz", endpoints.healthz, methods=["GET"], tags=["health"])
+    router.add_api_route("/readyz", endpoints.readyz, methods=["GET"], tags=["health"], responses=ERRORS)
+    router.add_api_route("/metrics", endpoints.metrics, methods=["GET"], tags=["monitoring"])
+    router.add_api_route("/v1/models", endpoints.list_models, methods=["GET"], tags=["v1"])
+    router.add_api_route(
+        "/v1/models/{name}", endpoints.model_metadata, methods=["GET"], tags=["v1"], responses=ERRORS
+    )
+    router.add_api_route(
+        "/v1/predict", endpoints.predict_default, methods=["POST"], tags=["v1"],
+        openapi_extra=PREDICT_BODY, responses=ERRORS,
+    )
+    router.add_api_route(
+        "/v1/models/{name}/predict", endpoints.predict, methods=["POST"], tags=["v1"],
+        openapi_extra=PREDICT_BODY, responses=ERRORS,
+    )
+    return router

@@ -1,0 +1,80 @@
+"""Wire types of the `/v1` REST API (request and response bodies), kept apart from the logic that fills them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class PredictRequest(BaseModel):
+    """JSON body of a predict call."""
+
+    instances: list[Any] = Field(
+        description="Images: base64 strings (optionally `data:` URLs), `{\"b64\": ...}` objects, or nested "
+        "numeric arrays already in the model's input range, shaped [C,H,W], [H,W,C] or [H,W] for one channel.",
+    )
+    samples: int | None = Field(default=None, description="Ensemble size N (default and maximum: see /v1/models).")
+
+
+class EnsembleInfo(BaseModel):
+    samples: int
+    agreement: float = Field(description="Share of the noisy passes that vote for the answer.")
+    entropy: float = Field(description="Predictive entropy (nats) of the mean probabilities.")
+
+
+class Flags(BaseModel):
+    adversarial: bool
+    reasons: list[str] = Field(description="Names of the scores that exceed their calibrated threshold.")
+    scores: dict[str, float] = Field(description="Every score, oriented so that larger is more suspicious.")
+    thresholds: dict[str, float]
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class Prediction(BaseModel):
+    label: str
+    class_index: int
+    confidence: float = Field(description="Mean ensemble probability of the predicted class.")
+    probabilities: dict[str, float]
+    ensemble: EnsembleInfo
+    flags: Flags
+    model: ModelRef
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class InputInfo(BaseModel):
+    shape: list[int]
+    dtype: str
+    value_range: tuple[float, float]
+    color_mode: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    description: str
+    default: bool
+    input: InputInfo
+    classes: list[str]
+    samples: dict[str, int]
+    rse: dict[str, float]
+    provider: str
+    calibration: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    failed: dict[str, str] = Field(description="Bundles found but not served, with the reason.")
+
+
+class ErrorBody(BaseModel):
+    error: str
+    code: str
