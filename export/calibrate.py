@@ -12,7 +12,9 @@ from service.runtime import EnsembleEngine
 from service.scoring import EnsembleSummary, flag_reasons, summarize
 
 
-def run_ensemble(engine: EnsembleEngine, images: np.ndarray, samples: int, batch: int = 100) -> EnsembleSummary:
+def run_ensemble(
+    engine: EnsembleEngine, images: np.ndarray, samples: int, batch: int = 100
+) -> EnsembleSummary:
     """Engine summaries for many images, in chunks of `batch` images (B x N rows per call)."""
     chunks = [engine.run(images[start : start + batch], samples) for start in range(0, len(images), batch)]
     return summarize(np.concatenate(chunks))

@@ -1,6 +1,6 @@
 """Write one held-out test digit per class as PNG under `examples/`, for the README's curl lines.
 
-    python -m export.examples --out examples
+python -m export.examples --out examples
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     for digit in range(10):
         first = int(np.flatnonzero(test.labels == digit)[0])
         pixels = np.round(test.images[first, 0] * 255).astype(np.uint8)
-        Image.fromarray(pixels, mode="L").save(args.out / f"digit-{digit}.png")
+        Image.fromarray(pixels).save(args.out / f"digit-{digit}.png")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ GRAPH_FILE = "ensemble.onnx"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("model_repository"), help="model repository folder")
     parser.add_argument("--name", default="mnist-rse")
     parser.add_argument("--version", default="1")
@@ -63,7 +65,12 @@ def build(args: argparse.Namespace) -> Manifest:
     test = run_ensemble(engine, split.test.images, args.samples)
     accuracy = float((test.class_index == split.test.labels).mean())
     flag_rate = float(flagged(test.scores(), thresholds).mean())
-    log.info("clean accuracy %.4f, clean flag rate %.4f (%.1fs)", accuracy, flag_rate, time.perf_counter() - started)
+    log.info(
+        "clean accuracy %.4f, clean flag rate %.4f (%.1fs)",
+        accuracy,
+        flag_rate,
+        time.perf_counter() - started,
+    )
 
     return write_bundle(
         bundle_dir,

@@ -22,8 +22,9 @@ ENSEMBLE_INPUTS = ["images", "samples"]
 ENSEMBLE_OUTPUTS = ["probabilities"]
 
 
-def export_ensemble(classifier: nn.Module, path: Path, *, input_shape: tuple[int, int, int],
-                    deterministic: bool = False) -> Path:
+def export_ensemble(
+    classifier: nn.Module, path: Path, *, input_shape: tuple[int, int, int], deterministic: bool = False
+) -> Path:
     """Write the ensemble graph of `classifier` to `path`.
 
     `deterministic=True` leaves the noise layers out (for parity tests only; never ship it).
@@ -47,7 +48,11 @@ def export_ensemble(classifier: nn.Module, path: Path, *, input_shape: tuple[int
         )
     program.save(str(path), external_data=False)
     onnx.checker.check_model(str(path))
-    random_ops = [node.op_type for node in onnx.load(str(path)).graph.node if node.op_type.startswith("Random")]
+    random_ops = [
+        node.op_type for node in onnx.load(str(path)).graph.node if node.op_type.startswith("Random")
+    ]
     if deterministic == bool(random_ops):
-        raise RuntimeError(f"{path}: expected {'no' if deterministic else 'some'} random ops, found {random_ops}")
+        raise RuntimeError(
+            f"{path}: expected {'no' if deterministic else 'some'} random ops, found {random_ops}"
+        )
     return path

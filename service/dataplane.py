@@ -80,7 +80,10 @@ class DataPlane:
 
         def decode() -> np.ndarray:
             return np.stack(
-                [decode_instance(item, spec, max_pixels=max_pixels, index=i) for i, item in enumerate(instances)]
+                [
+                    decode_instance(item, spec, max_pixels=max_pixels, index=i)
+                    for i, item in enumerate(instances)
+                ]
             )
 
         return await asyncio.to_thread(decode)
@@ -118,7 +121,9 @@ class DataPlane:
                 label=labels[i],
                 class_index=int(summary.class_index[i]),
                 confidence=float(summary.confidence[i]),
-                probabilities={cls: float(p) for cls, p in zip(classes, summary.mean_probabilities[i], strict=True)},
+                probabilities={
+                    cls: float(p) for cls, p in zip(classes, summary.mean_probabilities[i], strict=True)
+                },
                 ensemble=EnsembleInfo(
                     samples=samples, agreement=float(summary.agreement[i]), entropy=float(summary.entropy[i])
                 ),
@@ -157,5 +162,6 @@ class DataPlane:
 
     def list_models(self) -> ModelList:
         return ModelList(
-            models=[self.model_info(model) for model in self.registry.models()], failed=dict(self.registry.failures)
+            models=[self.model_info(model) for model in self.registry.models()],
+            failed=dict(self.registry.failures),
         )

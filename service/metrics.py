@@ -24,43 +24,71 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            f"{PREFIX}_http_requests_total", "HTTP requests by route template, method and status code.",
-            ["route", "method", "status"], registry=r,
+            f"{PREFIX}_http_requests_total",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
         )
         self.request_latency = Histogram(
-            f"{PREFIX}_http_request_duration_seconds", "Time from request received to response sent.",
-            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time from request received to response sent.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.engine_batch = Histogram(
-            f"{PREFIX}_engine_batch_images", "Images per engine call (each runs images x samples rows).",
-            ["model", "version"], buckets=BATCH_BUCKETS, registry=r,
+            f"{PREFIX}_engine_batch_images",
+            "Images per engine call (each runs images x samples rows).",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.engine_latency = Histogram(
-            f"{PREFIX}_engine_duration_seconds", "Wall time of one engine (onnxruntime) call.",
-            ["model", "version", "graph"], buckets=LATENCY_BUCKETS, registry=r,
+            f"{PREFIX}_engine_duration_seconds",
+            "Wall time of one engine (onnxruntime) call.",
+            ["model", "version", "graph"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.images = Counter(
-            f"{PREFIX}_images_total", "Images classified.", ["model", "version"], registry=r,
+            f"{PREFIX}_images_total",
+            "Images classified.",
+            ["model", "version"],
+            registry=r,
         )
         self.agreement = Histogram(
-            f"{PREFIX}_ensemble_agreement", "Share of the N noisy passes that vote for the ensemble's answer.",
-            ["model", "version"], buckets=SHARE_BUCKETS, registry=r,
+            f"{PREFIX}_ensemble_agreement",
+            "Share of the N noisy passes that vote for the ensemble's answer.",
+            ["model", "version"],
+            buckets=SHARE_BUCKETS,
+            registry=r,
         )
         self.predictions = Counter(
-            f"{PREFIX}_predictions_total", "Answers by predicted class; a sudden skew can signal an attack.",
-            ["model", "version", "label"], registry=r,
+            f"{PREFIX}_predictions_total",
+            "Answers by predicted class; a sudden skew can signal an attack.",
+            ["model", "version", "label"],
+            registry=r,
         )
         self.flagged = Counter(
-            f"{PREFIX}_flagged_total", "Inputs flagged as adversarial, by reason (`any` counts each input once).",
-            ["model", "version", "reason"], registry=r,
+            f"{PREFIX}_flagged_total",
+            "Inputs flagged as adversarial, by reason (`any` counts each input once).",
+            ["model", "version", "reason"],
+            registry=r,
         )
         self.model_info = Gauge(
-            f"{PREFIX}_model_info", "Loaded model bundles (value 1), with their provider and ensemble size.",
-            ["model", "version", "provider", "default_samples"], registry=r,
+            f"{PREFIX}_model_info",
+            "Loaded model bundles (value 1), with their provider and ensemble size.",
+            ["model", "version", "provider", "default_samples"],
+            registry=r,
         )
 
     def observe_predictions(
-        self, model: str, version: str, labels: Sequence[str], agreement: np.ndarray, reasons: Sequence[list[str]]
+        self,
+        model: str,
+        version: str,
+        labels: Sequence[str],
+        agreement: np.ndarray,
+        reasons: Sequence[list[str]],
     ) -> None:
         self.images.labels(model, version).inc(len(labels))
         for label, share, fired in zip(labels, agreement, reasons, strict=True):

@@ -82,7 +82,11 @@ class ModelRegistry:
         for name, bundle_dir in latest_versions(repository).items():
             try:
                 model = load_bundle(
-                    bundle_dir, providers=providers, intra_op_threads=intra_op_threads, seed=seed, warmup=warmup
+                    bundle_dir,
+                    providers=providers,
+                    intra_op_threads=intra_op_threads,
+                    seed=seed,
+                    warmup=warmup,
                 )
             except (ManifestError, OSError, RuntimeError, ValueError) as exc:
                 log.error("not serving %s: %s", bundle_dir, exc)

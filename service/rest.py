@@ -88,12 +88,14 @@ class Endpoints:
             images = await self.dataplane.decode_instances(model, body.instances)
         elif content_type == "multipart/form-data":
             payloads, form_samples = await self._form_body(request)
-            count = self.dataplane.resolve_samples(model, form_samples if form_samples is not None else samples)
+            count = self.dataplane.resolve_samples(
+                model, form_samples if form_samples is not None else samples
+            )
             images = await self.dataplane.decode_files(model, payloads)
         else:
             raise UnsupportedMediaType(
                 f"content type '{content_type or 'none'}' is not accepted; send application/json "
-                "({\"instances\": [...]}) or multipart/form-data (image files)"
+                '({"instances": [...]}) or multipart/form-data (image files)'
             )
         return PredictResponse(predictions=await self.dataplane.predict(model, images, count))
 
@@ -141,11 +143,19 @@ def build_router(dataplane: DataPlane) -> APIRouter:
         "/v1/models/{name}", endpoints.model_metadata, methods=["GET"], tags=["v1"], responses=ERRORS
     )
     router.add_api_route(
-        "/v1/predict", endpoints.predict_default, methods=["POST"], tags=["v1"],
-        openapi_extra=PREDICT_BODY, responses=ERRORS,
+        "/v1/predict",
+        endpoints.predict_default,
+        methods=["POST"],
+        tags=["v1"],
+        openapi_extra=PREDICT_BODY,
+        responses=ERRORS,
     )
     router.add_api_route(
-        "/v1/models/{name}/predict", endpoints.predict, methods=["POST"], tags=["v1"],
-        openapi_extra=PREDICT_BODY, responses=ERRORS,
+        "/v1/models/{name}/predict",
+        endpoints.predict,
+        methods=["POST"],
+        tags=["v1"],
+        openapi_extra=PREDICT_BODY,
+        responses=ERRORS,
     )
     return router

@@ -11,10 +11,12 @@ class PredictRequest(BaseModel):
     """JSON body of a predict call."""
 
     instances: list[Any] = Field(
-        description="Images: base64 strings (optionally `data:` URLs), `{\"b64\": ...}` objects, or nested "
+        description='Images: base64 strings (optionally `data:` URLs), `{"b64": ...}` objects, or nested '
         "numeric arrays already in the model's input range, shaped [C,H,W], [H,W,C] or [H,W] for one channel.",
     )
-    samples: int | None = Field(default=None, description="Ensemble size N (default and maximum: see /v1/models).")
+    samples: int | None = Field(
+        default=None, description="Ensemble size N (default and maximum: see /v1/models)."
+    )
 
 
 class EnsembleInfo(BaseModel):

@@ -1,0 +1,85 @@
+"""`python -m service` as a user starts it (what `make serve` runs), over real TCP on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import EXAMPLES, REPO_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server() -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DEFENDED_PORT": str(port),
+        "DEFENDED_HOST": "127.0.0.1",
+        "DEFENDED_MAX_BODY_BYTES": "65536",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, process.stdout.read().decode()
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("service did not become ready within 60 s")
+    yield url
+    process.send_signal(signal.SIGTERM)
+    # NOTE: uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status is -SIGTERM.
+    assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert b"Application shutdown complete" in process.stdout.read()
+
+
+def test_readme_curl_equivalent(live_server: str) -> None:
+    with (EXAMPLES / "digit-7.png").open("rb") as handle:
+        response = httpx.post(
+            f"{live_server}/v1/predict", files={"files": ("digit-7.png", handle, "image/png")}
+        )
+    assert response.status_code == 200
+    (prediction,) = response.json()["predictions"]
+    assert prediction["label"] == "7"
+    assert {"confidence", "probabilities", "ensemble", "flags", "model"} <= set(prediction)
+    assert prediction["model"]["name"] == "mnist-rse"
+
+
+def test_streamed_body_over_the_limit_is_refused(live_server: str) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(64):
+            yield b" " * 4096
+
+    response = httpx.post(
+        f"{live_server}/v1/predict",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == 413 and "exceeds" in response.json()["error"]
+    assert httpx.get(f"{live_server}/healthz").status_code == 200
