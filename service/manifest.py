@@ -86,6 +86,23 @@ class GraphFile(_Strict):
     outputs: list[str]
 
 
+class PurifierSpec(_Strict):
+    """APuDAE adaptive purification (Kalaria et al., arXiv 2208.13838), unrolled in the `purifier` graph."""
+
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    epsilon: float = Field(ge=0)
+    """Scale of the uniform noise added per step, times min(((r - mu) / (2 sigma))^2, 4)."""
+    mu: float
+    """Mean clean reconstruction error, sum over C,H,W of (clip(D(x), 0, 1) - x)^2."""
+    sigma: float = Field(gt=0)
+    """Standard deviation of that error over clean held-out images."""
+    statistics_data: str
+    """Which clean images mu and sigma were measured on."""
+    dae_training_noise_sigma: float = Field(ge=0)
+    """Std of the Gaussian noise the denoising autoencoder was trained to remove."""
+
+
 class Calibration(_Strict):
     """Thresholds of the "looks adversarial" flag and the clean data they were fitted on.
 
@@ -116,6 +133,26 @@ class DataSplit(_Strict):
     test: int
 
 
+class AttackResult(_Strict):
+    """One real attack, run with a maintained library, and how the served pipeline fared on its output."""
+
+    attack: str
+    library: str
+    threat_model: str
+    norm: str
+    epsilon: float
+    steps: int
+    step_size: float
+    images: int
+    undefended_accuracy: float
+    """Accuracy of the model the attack was crafted on."""
+    defended_accuracy: float
+    """Accuracy of the served pipeline (purification + ensemble) on the same adversarial images."""
+    flag_rate: float
+    defended_or_flagged: float
+    """Share of adversarial images answered correctly or flagged: the attack failed on those."""
+
+
 class Metrics(_Strict):
     """Numbers measured on the exported graphs through the service's own engine."""
 
@@ -125,6 +162,7 @@ class Metrics(_Strict):
     flag_rate_clean: float
     """Share of clean test images the combined flag fires on (the measured false-positive rate)."""
     measured_with: str
+    attacks: list[AttackResult] = Field(default_factory=list)
 
 
 class Manifest(_Strict):
@@ -142,7 +180,9 @@ class Manifest(_Strict):
     classes: list[str] = Field(min_length=2)
     rse: RSESpec
     graphs: dict[str, GraphFile]
-    """`ensemble`: images [B,C,H,W] float32 + samples int64 scalar -> probabilities [B,N,K]."""
+    """`ensemble`: images [B,C,H,W] float32 + samples int64 scalar -> probabilities [B,N,K];
+    `purifier` (optional): images -> purified images, reconstruction error before and after."""
+    purifier: PurifierSpec | None = None
     calibration: Calibration
     data: DataSplit
     metrics: Metrics
@@ -152,6 +192,11 @@ class Manifest(_Strict):
     def _has_ensemble(self) -> Manifest:
         if "ensemble" not in self.graphs:
             raise ValueError("a bundle needs an 'ensemble' graph")
+        if (self.purifier is None) != ("purifier" not in self.graphs):
+            raise ValueError("a 'purifier' graph and the purifier settings come together")
+        unknown = set(self.graphs) - {"ensemble", "purifier"}
+        if unknown:
+            raise ValueError(f"unknown graph roles {sorted(unknown)}")
         return self
 
     def to_json(self) -> str:

@@ -75,6 +75,19 @@ class ServiceMetrics:
             ["model", "version", "reason"],
             registry=r,
         )
+        self.reconstruction_z = Histogram(
+            f"{PREFIX}_reconstruction_zscore",
+            "z-score of the input's reconstruction error under the purifier.",
+            ["model", "version"],
+            buckets=(-2, -1, 0, 1, 2, 3, 5, 10, 20, 50, 100),
+            registry=r,
+        )
+        self.changed_label = Counter(
+            f"{PREFIX}_purification_changed_label_total",
+            "Inputs whose answer purification changed.",
+            ["model", "version"],
+            registry=r,
+        )
         self.model_info = Gauge(
             f"{PREFIX}_model_info",
             "Loaded model bundles (value 1), with their provider and ensemble size.",
@@ -98,6 +111,13 @@ class ServiceMetrics:
                 self.flagged.labels(model, version, reason).inc()
             if fired:
                 self.flagged.labels(model, version, "any").inc()
+
+    def observe_purification(
+        self, model: str, version: str, zscores: np.ndarray, changed: np.ndarray
+    ) -> None:
+        for z in zscores:
+            self.reconstruction_z.labels(model, version).observe(float(z))
+        self.changed_label.labels(model, version).inc(int(np.count_nonzero(changed)))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

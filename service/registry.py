@@ -16,7 +16,8 @@ import numpy as np
 
 from service.errors import ModelNotFound
 from service.manifest import MANIFEST_FILENAME, Manifest, ManifestError, load_manifest
-from service.runtime import EnsembleEngine
+from service.pipeline import PipelineResult, run_pipeline
+from service.runtime import ENGINES, EnsembleEngine, GraphEngine, PurifierEngine
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,22 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     manifest: Manifest
     path: Path
-    engine: EnsembleEngine
+    engines: dict[str, GraphEngine]
+
+    @property
+    def engine(self) -> EnsembleEngine:
+        engine = self.engines["ensemble"]
+        assert isinstance(engine, EnsembleEngine)
+        return engine
+
+    @property
+    def purifier(self) -> PurifierEngine | None:
+        engine = self.engines.get("purifier")
+        assert engine is None or isinstance(engine, PurifierEngine)
+        return engine
+
+    def run(self, images: np.ndarray, samples: int, purify: bool) -> PipelineResult:
+        return run_pipeline(self.engine, self.purifier, self.manifest.purifier, images, samples, purify)
 
     @property
     def name(self) -> str:
@@ -52,23 +68,25 @@ def load_bundle(
     bundle_dir: Path, *, providers: list[str], intra_op_threads: int, seed: int | None, warmup: bool
 ) -> LoadedModel:
     manifest = load_manifest(bundle_dir, verify=True)
-    graph = manifest.graphs["ensemble"]
-    engine = EnsembleEngine(
-        bundle_dir / graph.path, providers=providers, intra_op_threads=intra_op_threads, seed=seed
-    )
-    inputs = [node.name for node in engine.session.get_inputs()]
-    outputs = [node.name for node in engine.session.get_outputs()]
-    if inputs != graph.inputs or outputs != graph.outputs:
-        raise ManifestError(
-            f"{bundle_dir}: graph I/O {inputs} -> {outputs} differs from the manifest's "
-            f"{graph.inputs} -> {graph.outputs}"
+    engines: dict[str, GraphEngine] = {}
+    for role, graph in manifest.graphs.items():
+        engine = ENGINES[role](
+            bundle_dir / graph.path, providers=providers, intra_op_threads=intra_op_threads, seed=seed
         )
+        inputs, outputs = engine.io_names()
+        if inputs != graph.inputs or outputs != graph.outputs:
+            raise ManifestError(
+                f"{bundle_dir}: graph '{role}' I/O {inputs} -> {outputs} differs from the manifest's "
+                f"{graph.inputs} -> {graph.outputs}"
+            )
+        engines[role] = engine
+    model = LoadedModel(manifest=manifest, path=bundle_dir, engines=engines)
     if warmup:
         probe = np.zeros((1, *manifest.input.shape), dtype=np.float32)
         started = time.perf_counter()
-        engine.run(probe, manifest.rse.default_samples)
+        model.run(probe, manifest.rse.default_samples, purify=True)
         log.info("warmed up %s/%s in %.3fs", manifest.name, manifest.version, time.perf_counter() - started)
-    return LoadedModel(manifest=manifest, path=bundle_dir, engine=engine)
+    return model
 
 
 class ModelRegistry:

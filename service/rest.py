@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -20,6 +21,8 @@ _MULTIPART_SCHEMA = {
     "properties": {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
         "samples": {"type": "integer", "minimum": 1},
+        "purify": {"type": "boolean"},
+        "return_purified": {"type": "boolean"},
     },
     "required": ["files"],
 }
@@ -37,6 +40,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 SamplesQuery = Annotated[int | None, Query(description="Ensemble size N; overrides the model's default.")]
+PurifyQuery = Annotated[
+    bool | None, Query(description="Purify before classifying (default: when the model has a purifier).")
+]
+ReturnPurifiedQuery = Annotated[bool, Query(description="Return the purified image as a base64 PNG.")]
 
 
 def _parse_samples(raw: Any) -> int | None:
@@ -48,6 +55,35 @@ def _parse_samples(raw: Any) -> int | None:
         return int(raw)
     except ValueError:
         raise InvalidInput(f"samples must be an integer, got {raw!r}", field="samples") from None
+
+
+def _parse_flag(name: str, raw: str | None) -> bool | None:
+    if raw is None:
+        return None
+    lowered = raw.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise InvalidInput(f"{name} must be true or false, got {raw!r}", field=name)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Per-request options; values in the body or form override the query string's."""
+
+    samples: int | None
+    purify: bool | None
+    return_purified: bool
+
+    def override(
+        self, samples: int | None = None, purify: bool | None = None, return_purified: bool | None = None
+    ) -> PredictOptions:
+        return PredictOptions(
+            samples if samples is not None else self.samples,
+            purify if purify is not None else self.purify,
+            return_purified if return_purified is not None else self.return_purified,
+        )
 
 
 class Endpoints:
@@ -72,32 +108,45 @@ class Endpoints:
         body, content_type = self.dataplane.metrics.render()
         return Response(body, media_type=content_type)
 
-    async def predict_default(self, request: Request, samples: SamplesQuery = None) -> PredictResponse:
-        return await self._predict(request, None, samples)
+    async def predict_default(
+        self,
+        request: Request,
+        samples: SamplesQuery = None,
+        purify: PurifyQuery = None,
+        return_purified: ReturnPurifiedQuery = False,
+    ) -> PredictResponse:
+        return await self._predict(request, None, PredictOptions(samples, purify, return_purified))
 
-    async def predict(self, name: str, request: Request, samples: SamplesQuery = None) -> PredictResponse:
-        return await self._predict(request, name, samples)
+    async def predict(
+        self,
+        name: str,
+        request: Request,
+        samples: SamplesQuery = None,
+        purify: PurifyQuery = None,
+        return_purified: ReturnPurifiedQuery = False,
+    ) -> PredictResponse:
+        return await self._predict(request, name, PredictOptions(samples, purify, return_purified))
 
-    async def _predict(self, request: Request, name: str | None, samples: int | None) -> PredictResponse:
+    async def _predict(self, request: Request, name: str | None, options: PredictOptions) -> PredictResponse:
         model = self.dataplane.model(name)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/json":
             body = await self._json_body(request)
-            samples = body.samples if body.samples is not None else samples
-            count = self.dataplane.resolve_samples(model, samples)
+            options = options.override(body.samples, body.purify, body.return_purified or None)
             images = await self.dataplane.decode_instances(model, body.instances)
         elif content_type == "multipart/form-data":
-            payloads, form_samples = await self._form_body(request)
-            count = self.dataplane.resolve_samples(
-                model, form_samples if form_samples is not None else samples
-            )
+            payloads, form = await self._form_body(request)
+            options = options.override(**form)
             images = await self.dataplane.decode_files(model, payloads)
         else:
             raise UnsupportedMediaType(
                 f"content type '{content_type or 'none'}' is not accepted; send application/json "
                 '({"instances": [...]}) or multipart/form-data (image files)'
             )
-        return PredictResponse(predictions=await self.dataplane.predict(model, images, count))
+        samples = self.dataplane.resolve_samples(model, options.samples)
+        purify = self.dataplane.resolve_purify(model, options.purify)
+        predictions = await self.dataplane.predict(model, images, samples, purify, options.return_purified)
+        return PredictResponse(predictions=predictions)
 
     @staticmethod
     async def _json_body(request: Request) -> PredictRequest:
@@ -115,7 +164,7 @@ class Endpoints:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise InvalidInput(f"invalid request body: {problems}") from None
 
-    async def _form_body(self, request: Request) -> tuple[list[bytes], int | None]:
+    async def _form_body(self, request: Request) -> tuple[list[bytes], dict[str, Any]]:
         limit = self.dataplane.settings.max_instances
         try:
             form = await request.form(
@@ -126,8 +175,13 @@ class Endpoints:
         try:
             files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
             payloads = [await upload.read() for upload in files]
-            samples = form.get("samples")
-            return payloads, _parse_samples(samples if isinstance(samples, str) else None)
+            fields = {key: form.get(key) for key in ("samples", "purify", "return_purified")}
+            fields = {key: value for key, value in fields.items() if isinstance(value, str)}
+            return payloads, {
+                "samples": _parse_samples(fields.get("samples")),
+                "purify": _parse_flag("purify", fields.get("purify")),
+                "return_purified": _parse_flag("return_purified", fields.get("return_purified")),
+            }
         finally:
             await form.close()
 

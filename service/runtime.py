@@ -48,14 +48,21 @@ def create_session(
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
-class EnsembleEngine:
-    """The RSE self-ensemble graph: one call runs B x N noisy passes and returns per-pass probabilities."""
+class GraphEngine:
+    """One onnxruntime session over one graph of a bundle."""
 
     def __init__(
         self, path: Path, *, providers: list[str], intra_op_threads: int = 0, seed: int | None = None
     ) -> None:
         self.session = create_session(path, providers=providers, intra_op_threads=intra_op_threads, seed=seed)
         self.provider = self.session.get_providers()[0]
+
+    def io_names(self) -> tuple[list[str], list[str]]:
+        return [n.name for n in self.session.get_inputs()], [n.name for n in self.session.get_outputs()]
+
+
+class EnsembleEngine(GraphEngine):
+    """The RSE self-ensemble graph: one call runs B x N noisy passes and returns per-pass probabilities."""
 
     def run(self, images: np.ndarray, samples: int) -> np.ndarray:
         """images float32 [B, C, H, W] -> probabilities float32 [B, N, K]."""
@@ -64,3 +71,18 @@ class EnsembleEngine:
             "samples": np.asarray(samples, dtype=np.int64),
         }
         return self.session.run(["probabilities"], feeds)[0]
+
+
+class PurifierEngine(GraphEngine):
+    """The unrolled APuDAE purification graph: one call purifies a batch."""
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """images [B,C,H,W] -> (purified [B,C,H,W], error before [B], error after [B])."""
+        purified, before, after = self.session.run(
+            ["purified", "error_before", "error_after"],
+            {"images": np.ascontiguousarray(images, dtype=np.float32)},
+        )
+        return purified, before, after
+
+
+ENGINES: dict[str, type[GraphEngine]] = {"ensemble": EnsembleEngine, "purifier": PurifierEngine}

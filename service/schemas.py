@@ -17,6 +17,12 @@ class PredictRequest(BaseModel):
     samples: int | None = Field(
         default=None, description="Ensemble size N (default and maximum: see /v1/models)."
     )
+    purify: bool | None = Field(
+        default=None, description="Run adaptive purification first (default: the model's)."
+    )
+    return_purified: bool = Field(
+        default=False, description="Also return the purified image as a base64 PNG."
+    )
 
 
 class EnsembleInfo(BaseModel):
@@ -32,6 +38,16 @@ class Flags(BaseModel):
     thresholds: dict[str, float]
 
 
+class PurificationInfo(BaseModel):
+    steps: int
+    reconstruction_error_before: float
+    reconstruction_error_after: float
+    changed_label: bool = Field(
+        description="The ensemble's answer on the raw input differs from the purified one's."
+    )
+    purified_image: str | None = Field(default=None, description="Base64 PNG, with return_purified=true.")
+
+
 class ModelRef(BaseModel):
     name: str
     version: str
@@ -44,6 +60,9 @@ class Prediction(BaseModel):
     probabilities: dict[str, float]
     ensemble: EnsembleInfo
     flags: Flags
+    purification: PurificationInfo | None = Field(
+        default=None, description="Present when the input was purified before classification."
+    )
     model: ModelRef
 
 
@@ -67,6 +86,7 @@ class ModelInfo(BaseModel):
     classes: list[str]
     samples: dict[str, int]
     rse: dict[str, float]
+    purifier: dict[str, Any] | None
     provider: str
     calibration: dict[str, Any]
     metrics: dict[str, Any]

@@ -16,6 +16,10 @@ DISAGREEMENT = "disagreement"
 """1 - share of the N noisy passes that vote for the ensemble's winner."""
 ENTROPY = "entropy"
 """Predictive entropy (nats) of the mean ensemble probabilities."""
+RECONSTRUCTION = "reconstruction"
+"""z-score (r - mu) / sigma of the input's reconstruction error under the purifier's autoencoder."""
+CHANGED_LABEL = "purification_changed_label"
+"""1 when the ensemble's answer on the purified input differs from its answer on the raw input, else 0."""
 
 
 @dataclass(frozen=True)
@@ -59,3 +63,14 @@ def flag_reasons(scores: dict[str, np.ndarray], thresholds: dict[str, float]) ->
     batch = len(next(iter(scores.values())))
     fired = {name: scores[name] > threshold for name, threshold in thresholds.items() if name in scores}
     return [[name for name, mask in fired.items() if mask[i]] for i in range(batch)]
+
+
+def purification_scores(
+    purified: EnsembleSummary, raw: EnsembleSummary, error_before: np.ndarray, mu: float, sigma: float
+) -> dict[str, np.ndarray]:
+    """The ensemble's scores on the purified input, plus what purification itself reveals."""
+    return {
+        **purified.scores(),
+        RECONSTRUCTION: (error_before - mu) / sigma,
+        CHANGED_LABEL: (purified.class_index != raw.class_index).astype(np.float64),
+    }

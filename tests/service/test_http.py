@@ -12,7 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import EXAMPLES, encode_image
 
-PREDICTION_FIELDS = {"label", "class_index", "confidence", "probabilities", "ensemble", "flags", "model"}
+PREDICTION_FIELDS = {
+    "label", "class_index", "confidence", "probabilities", "ensemble", "flags", "purification", "model",
+}  # fmt: skip
 
 
 def example_bytes(digit: int) -> bytes:
@@ -31,6 +33,7 @@ def check_prediction(prediction: dict, samples: int) -> None:
     assert flags["adversarial"] == bool(flags["reasons"])
     assert set(flags["reasons"]) <= set(flags["scores"])
     assert prediction["model"] == {"name": "mnist-rse", "version": "1"}
+    assert prediction["purification"] is None  # this bundle has no purifier
 
 
 def test_multipart_upload_of_several_examples(client: TestClient) -> None:
