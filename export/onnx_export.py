@@ -1,7 +1,8 @@
-"""Torch -> ONNX for the self-ensemble graph, noise included.
+"""Torch -> ONNX for the bundle graphs, their randomness included.
 
-The graph is exported with the dynamo exporter as one self-contained file: the `samples` input is a scalar
-and the B x N tiling happens in the graph, so N is chosen per call while the batch axis stays dynamic.
+Each graph is exported with the dynamo exporter as one self-contained file (no external data) with a
+dynamic batch axis. The ensemble graph takes N as a scalar input and tiles B x N rows inside the graph;
+the purifier graph unrolls all T purification steps, the DAE's explicit VJP and Adam's update equations.
 """
 
 from __future__ import annotations
@@ -15,34 +16,38 @@ import onnx
 import torch
 from torch import nn
 
+from models.dae import DenoisingAutoencoder
+from models.purify import AdaptivePurifier, PurifierConfig
 from models.rse import SelfEnsemble, noise_disabled
 
 OPSET = 18
 ENSEMBLE_INPUTS = ["images", "samples"]
 ENSEMBLE_OUTPUTS = ["probabilities"]
+PURIFIER_INPUTS = ["images"]
+PURIFIER_OUTPUTS = ["purified", "error_before", "error_after"]
 
 
-def export_ensemble(
-    classifier: nn.Module, path: Path, *, input_shape: tuple[int, int, int], deterministic: bool = False
+def _export(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    *,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic_shapes: dict[str, dict[int, torch.export.Dim] | None],
+    random: bool,
 ) -> Path:
-    """Write the ensemble graph of `classifier` to `path`.
-
-    `deterministic=True` leaves the noise layers out (for parity tests only; never ship it).
-    """
-    ensemble = SelfEnsemble(classifier).eval()
-    example = (torch.rand(2, *input_shape), torch.tensor(3, dtype=torch.int64))
     path.parent.mkdir(parents=True, exist_ok=True)
-    context = noise_disabled(classifier) if deterministic else contextlib.nullcontext()
     # NOTE: the exporter prints progress and warns about torchvision ops it skips; neither matters here.
-    with context, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            ensemble,
+            module.eval(),
             example,
             dynamo=True,
-            input_names=ENSEMBLE_INPUTS,
-            output_names=ENSEMBLE_OUTPUTS,
-            dynamic_shapes={"images": {0: torch.export.Dim("batch")}, "samples": None},
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=dynamic_shapes,
             opset_version=OPSET,
             verbose=False,
         )
@@ -51,8 +56,44 @@ def export_ensemble(
     random_ops = [
         node.op_type for node in onnx.load(str(path)).graph.node if node.op_type.startswith("Random")
     ]
-    if deterministic == bool(random_ops):
-        raise RuntimeError(
-            f"{path}: expected {'no' if deterministic else 'some'} random ops, found {random_ops}"
-        )
+    if random != bool(random_ops):
+        raise RuntimeError(f"{path}: expected {'some' if random else 'no'} random ops, found {random_ops}")
     return path
+
+
+def export_ensemble(
+    classifier: nn.Module, path: Path, *, input_shape: tuple[int, int, int], deterministic: bool = False
+) -> Path:
+    """Write the self-ensemble graph of `classifier`; `deterministic=True` (parity tests only) drops the noise."""
+    example = (torch.rand(2, *input_shape), torch.tensor(3, dtype=torch.int64))
+    context = noise_disabled(classifier) if deterministic else contextlib.nullcontext()
+    with context:
+        return _export(
+            SelfEnsemble(classifier),
+            example,
+            path,
+            inputs=ENSEMBLE_INPUTS,
+            outputs=ENSEMBLE_OUTPUTS,
+            dynamic_shapes={"images": {0: torch.export.Dim("batch")}, "samples": None},
+            random=not deterministic,
+        )
+
+
+def export_purifier(
+    dae: DenoisingAutoencoder,
+    config: PurifierConfig,
+    path: Path,
+    *,
+    input_shape: tuple[int, int, int],
+    deterministic: bool = False,
+) -> Path:
+    """Write the unrolled adaptive purification; `deterministic=True` (parity tests only) drops its noise."""
+    return _export(
+        AdaptivePurifier(dae.eval(), config, noise=not deterministic),
+        (torch.rand(2, *input_shape),),
+        path,
+        inputs=PURIFIER_INPUTS,
+        outputs=PURIFIER_OUTPUTS,
+        dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+        random=not deterministic,
+    )
