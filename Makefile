@@ -32,7 +32,7 @@ test: $(VENV)/.dev-deps  ## run the whole test suite
 	$(BIN)/python -m pytest
 
 models: $(VENV)/.dev-deps  ## retrain and re-export the shipped bundle(s)
-	$(BIN)/python -m export.mnist_rse --out model_repository
+	$(BIN)/python -m export.mnist_rse --out model_repository --name mnist-rse-apudae --purifier --examples examples
 
 examples: $(VENV)/.dev-deps  ## rewrite the example images under examples/
 	$(BIN)/python -m export.examples --out examples

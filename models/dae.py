@@ -16,8 +16,6 @@ output (followed by a ReLU), and the output is ReLU(x + body(x)). The skips nest
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-log = logging.getLogger(__name__)
+from models.train import run_epochs
 
 
 class VJPModule(nn.Module):
@@ -324,31 +321,20 @@ def train_dae(dae: VJPModule, images: np.ndarray, config: DAETrainConfig) -> dic
     device = _model_device(dae)
     clean = torch.from_numpy(images)
     optimizer = torch.optim.Adam(dae.parameters(), lr=config.lr)
-    started = time.perf_counter()
-    dae.train()
-    loss_value = seen = 0.0
-    for epoch in range(config.epochs):
-        order = torch.randperm(len(clean), generator=generator)
-        loss_value, seen = 0.0, 0.0
-        batches = tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
-        for index in batches:
-            target = clean[index]
-            noise = config.noise_sigma * torch.randn(target.shape, generator=generator)
-            noisy = (target + noise).clamp(0.0, 1.0)
-            target, noisy = target.to(device), noisy.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.mse_loss(dae(noisy), target)
-            loss.backward()
-            optimizer.step()
-            loss_value += loss.item() * len(index)
-            seen += len(index)
-        log.info("epoch %d/%d: denoising loss %.5f", epoch + 1, config.epochs, loss_value / seen)
-    dae.eval()
+
+    def batch_loss(index: torch.Tensor) -> torch.Tensor:
+        target = clean[index]
+        noisy = (target + config.noise_sigma * torch.randn(target.shape, generator=generator)).clamp(0.0, 1.0)
+        return F.mse_loss(dae(noisy.to(device)), target.to(device))
+
+    final_loss, seconds = run_epochs(
+        dae, optimizer, len(clean), config.epochs, config.batch_size, generator, batch_loss
+    )
     return {
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "lr": config.lr,
         "noise_sigma": config.noise_sigma,
-        "final_train_loss": round(loss_value / seen, 6),
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "final_train_loss": round(final_loss, 6),
+        "train_seconds": round(seconds, 1),
     }

@@ -51,6 +51,42 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     )
 
 
+def run_epochs(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    size: int,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> tuple[float, float]:
+    """Shuffled mini-batch epochs over `size` examples; `batch_loss(indices)` returns the loss to minimise.
+
+    Shared by every trainer so that ordering, progress reporting and the recorded figures (last epoch's mean
+    loss, wall seconds) mean the same thing in every manifest. Leaves the model in eval mode.
+    """
+    started = time.perf_counter()
+    model.train()
+    loss_value = seen = 0.0
+    for epoch in range(epochs):
+        order = torch.randperm(size, generator=generator)
+        loss_value, seen = 0.0, 0.0
+        batches = tqdm(order.split(batch_size), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+        for index in batches:
+            optimizer.zero_grad(set_to_none=True)
+            loss = batch_loss(index)
+            loss.backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            loss_value += loss.item() * len(index)
+            seen += len(index)
+        log.info("epoch %d/%d: train loss %.5f", epoch + 1, epochs, loss_value / seen)
+    model.eval()
+    return loss_value / seen, time.perf_counter() - started
+
+
 def train_classifier(
     model: nn.Module, data: ImageDataset, config: TrainConfig, loss_fn: LossFn = cross_entropy
 ) -> dict[str, float]:
@@ -64,28 +100,17 @@ def train_classifier(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
     )
-    started = time.perf_counter()
-    model.train()
-    loss_value = seen = 0.0
-    for epoch in range(config.epochs):
-        order = torch.randperm(len(data), generator=generator)
-        loss_value, seen = 0.0, 0.0
-        batches = tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
-        for index in batches:
-            batch = random_shift(images[index], config.max_shift, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, batch, labels[index])
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_value += loss.item() * len(index)
-            seen += len(index)
-        log.info("epoch %d/%d: train loss %.4f", epoch + 1, config.epochs, loss_value / seen)
-    model.eval()
+
+    def batch_loss(index: torch.Tensor) -> torch.Tensor:
+        return loss_fn(model, random_shift(images[index], config.max_shift, generator), labels[index])
+
+    final_loss, seconds = run_epochs(
+        model, optimizer, len(data), config.epochs, config.batch_size, generator, batch_loss, schedule
+    )
     return {
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "lr": config.lr,
-        "final_train_loss": round(loss_value / seen, 5),
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "final_train_loss": round(final_loss, 5),
+        "train_seconds": round(seconds, 1),
     }

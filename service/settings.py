@@ -23,7 +23,7 @@ class Settings(BaseSettings):
 
     model_repository: Path = REPO_ROOT / "model_repository"
     """Folder of bundles laid out as `<name>/<version>/manifest.json`."""
-    default_model: str = "mnist-rse"
+    default_model: str = "mnist-rse-apudae"
     """Bundle served by `POST /v1/predict`; the service is not ready unless it loads."""
 
     provider: Literal["auto", "cuda", "cpu"] = "auto"

@@ -18,7 +18,7 @@ from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_REPOSITORY = REPO_ROOT / "model_repository"
-DEFAULT_MODEL = "mnist-rse"
+DEFAULT_MODEL = "mnist-rse-apudae"
 EXAMPLES = REPO_ROOT / "examples"
 
 

@@ -22,7 +22,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(1)
     dae = mnist_dae(width=8).eval()
     images = torch.rand(5, 1, 28, 28)
-    errors = reconstruction_error(dae, images)
+    errors = reconstruction_error(dae, images).detach()
     config = PurifierConfig(mu=float(errors.median()), sigma=float(errors.std()), steps=4)
     folder = tmp_path_factory.mktemp("purifier")
     paths = {

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import EXAMPLES, REPO_ROOT
+from tests.conftest import DEFAULT_MODEL, EXAMPLES, REPO_ROOT
 
 
 def free_port() -> int:
@@ -58,16 +58,26 @@ def live_server() -> Iterator[str]:
     assert b"Application shutdown complete" in process.stdout.read()
 
 
-def test_readme_curl_equivalent(live_server: str) -> None:
-    with (EXAMPLES / "digit-7.png").open("rb") as handle:
-        response = httpx.post(
-            f"{live_server}/v1/predict", files={"files": ("digit-7.png", handle, "image/png")}
-        )
+def _post_example(url: str, name: str) -> dict:
+    with (EXAMPLES / name).open("rb") as handle:
+        response = httpx.post(f"{url}/v1/predict", files={"files": (name, handle, "image/png")})
     assert response.status_code == 200
     (prediction,) = response.json()["predictions"]
+    assert prediction["model"]["name"] == DEFAULT_MODEL
+    return prediction
+
+
+def test_readme_curl_equivalent(live_server: str) -> None:
+    prediction = _post_example(live_server, "digit-7.png")
     assert prediction["label"] == "7"
-    assert {"confidence", "probabilities", "ensemble", "flags", "model"} <= set(prediction)
-    assert prediction["model"]["name"] == "mnist-rse"
+    assert {"confidence", "probabilities", "ensemble", "flags", "purification", "model"} <= set(prediction)
+    assert prediction["purification"]["steps"] == 13
+
+
+def test_readme_curl_on_the_adversarial_example(live_server: str) -> None:
+    (path,) = EXAMPLES.glob("adversarial-pgd-digit-*.png")
+    flags = _post_example(live_server, path.name)["flags"]
+    assert flags["adversarial"] is True and flags["reasons"]
 
 
 def test_streamed_body_over_the_limit_is_refused(live_server: str) -> None:
