@@ -1,7 +1,7 @@
 """Recipe for the shipped MNIST bundles: train the RSE classifier (and, with --purifier, the APuDAE denoising
 autoencoder), export the graphs, calibrate the flag and measure everything through the service's pipeline.
 
-    python -m export.mnist_rse --out model_repository                                   (mnist-rse)
+    python -m export.mnist_rse --out model_repository                                   (RSE only)
     python -m export.mnist_rse --out model_repository --name mnist-rse-apudae --purifier (the default bundle)
 """
 
