@@ -12,7 +12,7 @@ def _dae_and_config() -> tuple[torch.nn.Module, PurifierConfig, torch.Tensor]:
     torch.manual_seed(0)
     dae = mnist_dae().eval()
     images = torch.rand(6, 1, 28, 28)
-    errors = reconstruction_error(dae, images)
+    errors = reconstruction_error(dae, images).detach()
     # mu between the errors: some images get a gradient, the others must be left alone
     return dae, PurifierConfig(mu=float(errors.median()), sigma=float(errors.std())), images
 
