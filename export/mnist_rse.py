@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from export.add_screen import write_screen
 from export.attacks import pgd_linf
 from export.bundle import graph_entry, invoking_command, write_bundle
 from export.calibrate import fit_thresholds, flagged
@@ -136,6 +137,7 @@ def build(args: argparse.Namespace) -> Manifest:
         training.update(dae_figures)
         export_purifier(dae, config, bundle_dir / "purifier.onnx", input_shape=INPUT_SHAPE)
         graphs["purifier"] = graph_entry(bundle_dir, "purifier.onnx", PURIFIER_INPUTS, PURIFIER_OUTPUTS)
+        graphs["screen"] = write_screen(bundle_dir, "purifier.onnx")
         purifier = PurifierEngine(bundle_dir / "purifier.onnx", providers=providers, seed=args.seed + 1)
         purifier_fields = {
             "steps": config.steps,

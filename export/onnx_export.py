@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import onnx
+import onnx.utils
 import torch
 from torch import nn
 
@@ -25,6 +26,8 @@ ENSEMBLE_INPUTS = ["images", "samples"]
 ENSEMBLE_OUTPUTS = ["probabilities"]
 PURIFIER_INPUTS = ["images"]
 PURIFIER_OUTPUTS = ["purified", "error_before", "error_after"]
+SCREEN_INPUTS = ["images"]
+SCREEN_OUTPUTS = ["error_before"]
 
 
 def _export(
@@ -97,3 +100,15 @@ def export_purifier(
         dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
         random=not deterministic,
     )
+
+
+def extract_screen(purifier_path: Path, path: Path) -> Path:
+    """Cut the purifier graph down to what computes `error_before` (one DAE forward): the screen that lets
+    the service skip purification for inputs that would get no gradient.
+
+    Cut from the exported graph rather than exported anew, so the screen is bit-for-bit the purifier's own
+    first forward and can be added to an existing bundle without retraining.
+    """
+    onnx.utils.extract_model(str(purifier_path), str(path), SCREEN_INPUTS, SCREEN_OUTPUTS)
+    onnx.checker.check_model(str(path))
+    return path

@@ -34,6 +34,7 @@ def load_models(settings: Settings, dataplane: DataPlane) -> None:
         intra_op_threads=settings.intra_op_threads,
         seed=settings.noise_seed,
         warmup=settings.warmup,
+        skip_z=settings.purify_skip_z,
     )
     if settings.default_model not in dataplane.registry:
         reason = dataplane.registry.failures.get(settings.default_model, "no bundle with that name")
@@ -59,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            dataplane.close()
+            await dataplane.close()
 
     app = FastAPI(
         title="Defended inference",

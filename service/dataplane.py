@@ -1,6 +1,7 @@
 """The data plane: decode -> ensemble -> scores and flags -> response, independent of any transport.
 
-REST handlers only parse the transport and call in here. Engine calls run on a small dedicated thread pool
+REST handlers only parse the transport and call in here. Requests go through one `Batcher` per model
+version, which merges concurrent requests into engine calls; those run on a small dedicated thread pool
 (onnxruntime releases the GIL), so the event loop keeps answering health checks while a batch runs and the
 cores are not oversubscribed by many concurrent sessions.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from service.batching import Batcher, BatchingConfig
 from service.codecs import decode_image, decode_instance, encode_png
 from service.errors import InvalidInput, NotReady, PayloadTooLarge
 from service.metrics import ServiceMetrics
@@ -41,9 +43,25 @@ class DataPlane:
         self.metrics = metrics
         self.ready = False
         self._executor = ThreadPoolExecutor(settings.engine_workers, thread_name_prefix="engine")
+        self._batching = BatchingConfig(
+            merge=settings.batching,
+            max_batch_images=settings.max_batch_images,
+            max_delay_seconds=settings.max_queue_delay_ms / 1000,
+            max_queue_images=settings.max_queue_images,
+        )
+        self._batchers: dict[int, Batcher] = {}
 
-    def close(self) -> None:
+    def batcher(self, model: LoadedModel) -> Batcher:
+        """The queue of this loaded model version (made on first use, inside the event loop)."""
+        batcher = self._batchers.get(id(model))
+        if batcher is None or batcher.model is not model:
+            batcher = self._batchers[id(model)] = Batcher(model, self._executor, self._batching, self.metrics)
+        return batcher
+
+    async def close(self) -> None:
+        """Stop taking requests, finish the queued ones, then release the engine threads."""
         self.ready = False
+        await asyncio.gather(*(batcher.close() for batcher in self._batchers.values()))
         self._executor.shutdown(wait=True)
 
     # --- lookup -------------------------------------------------------------------------------------------
@@ -117,11 +135,7 @@ class DataPlane:
         return_purified: bool = False,
     ) -> list[Prediction]:
         name, version = model.name, model.version
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, model.run, images, samples, purify)
-        for graph, seconds in result.seconds.items():
-            self.metrics.engine_latency.labels(name, version, graph).observe(seconds)
-        self.metrics.engine_batch.labels(name, version).observe(len(images))
+        result = await self.batcher(model).submit(images, samples, purify)
 
         summary, scores = result.summary, result.scores
         thresholds = model.manifest.calibration.thresholds
@@ -132,10 +146,9 @@ class DataPlane:
         purification = result.purification
         if purification is not None:
             self.metrics.observe_purification(
-                name, version, scores[RECONSTRUCTION], purification.changed_label
+                name, version, scores[RECONSTRUCTION], purification.changed_label, purification.steps
             )
         ref = ModelRef(name=name, version=version)
-        steps = model.manifest.purifier.steps if model.manifest.purifier else 0
         return [
             Prediction(
                 label=labels[i],
@@ -156,7 +169,7 @@ class DataPlane:
                 purification=None
                 if purification is None
                 else PurificationInfo(
-                    steps=steps,
+                    steps=int(purification.steps[i]),
                     reconstruction_error_before=float(purification.error_before[i]),
                     reconstruction_error_after=float(purification.error_after[i]),
                     changed_label=bool(purification.changed_label[i]),

@@ -22,6 +22,7 @@ class ServiceError(Exception):
 
     status_code = 400
     code = "bad_request"
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, **detail: Any) -> None:
         super().__init__(message)
@@ -64,6 +65,24 @@ class NotReady(ServiceError):
     code = "not_ready"
 
 
+class QueueFull(ServiceError):
+    """Backpressure: the model's queue is full (or draining); the client should retry after a pause."""
+
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class EngineFailure(ServiceError):
+    """An engine call raised: only the requests of that batch fail, the service keeps serving."""
+
+    status_code = 500
+    code = "engine_error"
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors():
@@ -75,7 +94,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

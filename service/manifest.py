@@ -181,7 +181,9 @@ class Manifest(_Strict):
     rse: RSESpec
     graphs: dict[str, GraphFile]
     """`ensemble`: images [B,C,H,W] float32 + samples int64 scalar -> probabilities [B,N,K];
-    `purifier` (optional): images -> purified images, reconstruction error before and after."""
+    `purifier` (optional): images -> purified images, reconstruction error before and after;
+    `screen` (optional, with a purifier): images -> the purifier's `error_before` alone, one DAE forward,
+    for adaptive compute."""
     purifier: PurifierSpec | None = None
     calibration: Calibration
     data: DataSplit
@@ -194,7 +196,9 @@ class Manifest(_Strict):
             raise ValueError("a bundle needs an 'ensemble' graph")
         if (self.purifier is None) != ("purifier" not in self.graphs):
             raise ValueError("a 'purifier' graph and the purifier settings come together")
-        unknown = set(self.graphs) - {"ensemble", "purifier"}
+        if "screen" in self.graphs and "purifier" not in self.graphs:
+            raise ValueError("a 'screen' graph needs the 'purifier' graph it was cut from")
+        unknown = set(self.graphs) - {"ensemble", "purifier", "screen"}
         if unknown:
             raise ValueError(f"unknown graph roles {sorted(unknown)}")
         return self

@@ -88,6 +88,39 @@ class ServiceMetrics:
             ["model", "version"],
             registry=r,
         )
+        self.purification_skipped = Counter(
+            f"{PREFIX}_purification_skipped_total",
+            "Inputs that skipped the purification steps (adaptive compute: reconstruction z at or below "
+            "the skip threshold).",
+            ["model", "version"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            f"{PREFIX}_queue_wait_seconds",
+            "Time a request waited in its model's batching queue before its engine call started.",
+            ["model", "version"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.queue_length = Gauge(
+            f"{PREFIX}_queue_length",
+            "Requests waiting in the model's batching queue.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.queue_rejected = Counter(
+            f"{PREFIX}_queue_rejected_total",
+            "Requests refused with 503 because the model's queue was full.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            f"{PREFIX}_batch_requests",
+            "Requests merged into one engine call.",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.model_info = Gauge(
             f"{PREFIX}_model_info",
             "Loaded model bundles (value 1), with their provider and ensemble size.",
@@ -113,11 +146,12 @@ class ServiceMetrics:
                 self.flagged.labels(model, version, "any").inc()
 
     def observe_purification(
-        self, model: str, version: str, zscores: np.ndarray, changed: np.ndarray
+        self, model: str, version: str, zscores: np.ndarray, changed: np.ndarray, steps: np.ndarray
     ) -> None:
         for z in zscores:
             self.reconstruction_z.labels(model, version).observe(float(z))
         self.changed_label.labels(model, version).inc(int(np.count_nonzero(changed)))
+        self.purification_skipped.labels(model, version).inc(int(np.count_nonzero(steps == 0)))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,19 +1,62 @@
-"""One defended forward pass: purify (one graph call), then the self-ensemble (one call), then scores.
+"""One defended forward pass, in two stages: `infer` (the graph calls) and `score` (numpy summaries).
 
-Synchronous and transport-free, so the data plane runs it on its engine thread and `export/` calibrates and
-measures bundles with exactly the code that serves them.
+`infer` runs at most one screen call, one purifier call and one ensemble call for a whole batch, whatever
+mix of options the batch's images carry: the dynamic batcher merges requests with different `purify` and
+`samples` into one call and then `score`s each request's rows on their own. Synchronous and transport-free,
+so `export/` calibrates and measures bundles with exactly the code that serves them.
+
+Adaptive compute: with a `screen` graph (one DAE forward) and `skip_z`, images whose reconstruction z-score
+is at or below `skip_z` skip the T purification steps. With `skip_z = 0` these are exactly the images the
+APuDAE loss gives no gradient (r <= mu); they lose only the small accumulated uniform noise of the fixed-T
+pass, and they need no second ensemble pass on the raw input, since purification left them unchanged.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
 from service.manifest import PurifierSpec
-from service.runtime import EnsembleEngine, PurifierEngine
+from service.runtime import EnsembleEngine, PurifierEngine, ScreenEngine
 from service.scoring import EnsembleSummary, purification_scores, summarize
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What the engines computed for a batch, per image, before any summary."""
+
+    probabilities: np.ndarray
+    """[B,N,K] per-pass probabilities on what the classifier received."""
+    raw_probabilities: np.ndarray
+    """[B,N,K] on the raw input (equal to `probabilities` where nothing was purified)."""
+    purified: np.ndarray
+    """[B,C,H,W] what the classifier received."""
+    error_before: np.ndarray
+    """[B] reconstruction error of the input; NaN where purification was not asked for."""
+    error_after: np.ndarray
+    """[B] reconstruction error of `purified`; NaN where purification was not asked for."""
+    purify: np.ndarray
+    """[B] bool: purification was asked for."""
+    steps: np.ndarray
+    """[B] purification steps run: T, or 0 where not asked for or skipped by the screen."""
+    seconds: dict[str, float] = field(default_factory=dict, compare=False)
+    """Wall time per graph role."""
+
+    def take(self, rows: slice, samples: int | None = None) -> EngineOutput:
+        """These rows only, and only their first `samples` passes (the passes are i.i.d., so the first n of
+        a larger draw are a draw of n)."""
+        passes = slice(None, samples)
+        return replace(
+            self,
+            probabilities=self.probabilities[rows, passes],
+            raw_probabilities=self.raw_probabilities[rows, passes],
+            **{name: getattr(self, name)[rows] for name in _PER_IMAGE},
+        )
+
+
+_PER_IMAGE = ("purified", "error_before", "error_after", "purify", "steps")
 
 
 @dataclass(frozen=True)
@@ -22,6 +65,7 @@ class Purification:
     error_before: np.ndarray
     error_after: np.ndarray
     changed_label: np.ndarray
+    steps: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -34,6 +78,69 @@ class PipelineResult:
     """Wall time per graph role."""
 
 
+def infer(
+    ensemble: EnsembleEngine,
+    purifier: PurifierEngine | None,
+    spec: PurifierSpec | None,
+    images: np.ndarray,
+    samples: int,
+    purify: bool | np.ndarray,
+    *,
+    screen: ScreenEngine | None = None,
+    skip_z: float | None = None,
+) -> EngineOutput:
+    """images [B,C,H,W] -> every engine output; `purify` is one flag or one per image."""
+    batch = len(images)
+    purify = np.broadcast_to(np.asarray(purify, dtype=bool), (batch,)).copy()
+    if purify.any() and (purifier is None or spec is None):
+        raise ValueError("purification asked for, but the model has no purifier")
+    seconds: dict[str, float] = {}
+    error_before = np.full(batch, np.nan, dtype=np.float32)
+    error_after = error_before.copy()
+    steps = np.zeros(batch, dtype=np.int64)
+    run_purifier = purify.copy()
+    if purify.any() and screen is not None and skip_z is not None:
+        started = time.perf_counter()
+        screened = screen.run(images[purify])
+        seconds["screen"] = time.perf_counter() - started
+        error_before[purify] = error_after[purify] = screened
+        run_purifier[purify] = (screened - spec.mu) / spec.sigma > skip_z
+    received = images
+    if run_purifier.any():
+        started = time.perf_counter()
+        purified, before, after = purifier.run(images[run_purifier])
+        seconds["purifier"] = time.perf_counter() - started
+        received = images.copy()
+        received[run_purifier] = purified
+        error_before[run_purifier], error_after[run_purifier] = before, after
+        steps[run_purifier] = spec.steps
+    # NOTE: the raw input of the purified images rides along in the same ensemble call, so "purification
+    # changed the label" costs no second call.
+    started = time.perf_counter()
+    passes = ensemble.run(np.concatenate([images, received[run_purifier]]), samples)
+    seconds["ensemble"] = time.perf_counter() - started
+    raw = passes[:batch]
+    final = raw.copy()
+    final[run_purifier] = passes[batch:]
+    return EngineOutput(final, raw, received, error_before, error_after, purify, steps, seconds)
+
+
+def score(output: EngineOutput, spec: PurifierSpec | None) -> PipelineResult:
+    """The ensemble's answer and every flag score for a batch whose images share one `purify` option."""
+    summary = summarize(output.probabilities)
+    if not output.purify.any():
+        return PipelineResult(summary, summary.scores(), None, output.seconds)
+    if not output.purify.all() or spec is None:
+        raise ValueError("score() needs one purify option for the whole batch; take() the rows apart first")
+    raw = summarize(output.raw_probabilities)
+    changed = summary.class_index != raw.class_index
+    purification = Purification(
+        output.purified, output.error_before, output.error_after, changed, output.steps
+    )
+    scores = purification_scores(summary, raw, output.error_before, spec.mu, spec.sigma)
+    return PipelineResult(summary, scores, purification, output.seconds)
+
+
 def run_pipeline(
     ensemble: EnsembleEngine,
     purifier: PurifierEngine | None,
@@ -41,25 +148,13 @@ def run_pipeline(
     images: np.ndarray,
     samples: int,
     purify: bool,
+    *,
+    screen: ScreenEngine | None = None,
+    skip_z: float | None = None,
 ) -> PipelineResult:
     """images [B,C,H,W] -> the ensemble's answer and every flag score, per image."""
-    if not purify or purifier is None or spec is None:
-        started = time.perf_counter()
-        summary = summarize(ensemble.run(images, samples))
-        return PipelineResult(summary, summary.scores(), None, {"ensemble": time.perf_counter() - started})
-    started = time.perf_counter()
-    purified, before, after = purifier.run(images)
-    purified_at = time.perf_counter()
-    # NOTE: the raw input rides along in the same ensemble call (2·B·N rows) so that "purification changed
-    # the label" costs no second call.
-    probabilities = ensemble.run(np.concatenate([purified, images]), samples)
-    done = time.perf_counter()
-    batch = len(images)
-    on_purified, on_raw = summarize(probabilities[:batch]), summarize(probabilities[batch:])
-    scores = purification_scores(on_purified, on_raw, before, spec.mu, spec.sigma)
-    purification = Purification(purified, before, after, on_purified.class_index != on_raw.class_index)
-    seconds = {"purifier": purified_at - started, "ensemble": done - purified_at}
-    return PipelineResult(on_purified, scores, purification, seconds)
+    output = infer(ensemble, purifier, spec, images, samples, purify, screen=screen, skip_z=skip_z)
+    return score(output, spec)
 
 
 def run_pipeline_batched(
@@ -70,28 +165,32 @@ def run_pipeline_batched(
     samples: int,
     purify: bool = True,
     batch: int = 100,
+    *,
+    screen: ScreenEngine | None = None,
+    skip_z: float | None = None,
 ) -> PipelineResult:
     """`run_pipeline` over many images in chunks, results concatenated (for calibration and evaluation)."""
     parts = [
-        run_pipeline(ensemble, purifier, spec, images[i : i + batch], samples, purify)
+        run_pipeline(
+            ensemble, purifier, spec, images[i : i + batch], samples, purify, screen=screen, skip_z=skip_z
+        )
         for i in range(0, len(images), batch)
     ]
     summaries = [p.summary for p in parts]
     summary = EnsembleSummary(
-        mean_probabilities=np.concatenate([s.mean_probabilities for s in summaries]),
-        class_index=np.concatenate([s.class_index for s in summaries]),
-        confidence=np.concatenate([s.confidence for s in summaries]),
-        agreement=np.concatenate([s.agreement for s in summaries]),
-        entropy=np.concatenate([s.entropy for s in summaries]),
+        **{
+            f.name: np.concatenate([getattr(s, f.name) for s in summaries])
+            for f in fields(EnsembleSummary)
+            if f.name != "samples"
+        },
         samples=samples,
     )
     scores = {key: np.concatenate([p.scores[key] for p in parts]) for key in parts[0].scores}
     purification = None
     if parts[0].purification is not None:
         purification = Purification(
-            *(
-                np.concatenate([getattr(p.purification, f) for p in parts])
-                for f in Purification.__dataclass_fields__
-            )
+            *(np.concatenate([getattr(p.purification, f.name) for p in parts]) for f in fields(Purification))
         )
-    return PipelineResult(summary, scores, purification)
+    roles = set().union(*(p.seconds for p in parts))
+    seconds = {key: sum(p.seconds.get(key, 0.0) for p in parts) for key in sorted(roles)}
+    return PipelineResult(summary, scores, purification, seconds)

@@ -16,17 +16,19 @@ import numpy as np
 
 from service.errors import ModelNotFound
 from service.manifest import MANIFEST_FILENAME, Manifest, ManifestError, load_manifest
-from service.pipeline import PipelineResult, run_pipeline
-from service.runtime import ENGINES, EnsembleEngine, GraphEngine, PurifierEngine
+from service.pipeline import EngineOutput, PipelineResult, infer, score
+from service.runtime import ENGINES, EnsembleEngine, GraphEngine, PurifierEngine, ScreenEngine
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoadedModel:
     manifest: Manifest
     path: Path
     engines: dict[str, GraphEngine]
+    skip_z: float | None = None
+    """Adaptive compute: skip purification when the screen's reconstruction z-score is at or below this."""
 
     @property
     def engine(self) -> EnsembleEngine:
@@ -40,8 +42,29 @@ class LoadedModel:
         assert engine is None or isinstance(engine, PurifierEngine)
         return engine
 
+    @property
+    def screen(self) -> ScreenEngine | None:
+        engine = self.engines.get("screen")
+        assert engine is None or isinstance(engine, ScreenEngine)
+        return engine
+
+    def infer(
+        self, images: np.ndarray, samples: int, purify: bool | np.ndarray, skip_z: float | None = None
+    ) -> EngineOutput:
+        """`skip_z` overrides the model's own (warm-up uses -inf so that every graph runs)."""
+        return infer(
+            self.engine,
+            self.purifier,
+            self.manifest.purifier,
+            images,
+            samples,
+            purify,
+            screen=self.screen,
+            skip_z=self.skip_z if skip_z is None else skip_z,
+        )
+
     def run(self, images: np.ndarray, samples: int, purify: bool) -> PipelineResult:
-        return run_pipeline(self.engine, self.purifier, self.manifest.purifier, images, samples, purify)
+        return score(self.infer(images, samples, purify), self.manifest.purifier)
 
     @property
     def name(self) -> str:
@@ -65,7 +88,13 @@ def latest_versions(repository: Path) -> dict[str, Path]:
 
 
 def load_bundle(
-    bundle_dir: Path, *, providers: list[str], intra_op_threads: int, seed: int | None, warmup: bool
+    bundle_dir: Path,
+    *,
+    providers: list[str],
+    intra_op_threads: int,
+    seed: int | None,
+    warmup: bool,
+    skip_z: float | None = None,
 ) -> LoadedModel:
     manifest = load_manifest(bundle_dir, verify=True)
     engines: dict[str, GraphEngine] = {}
@@ -80,11 +109,11 @@ def load_bundle(
                 f"{graph.inputs} -> {graph.outputs}"
             )
         engines[role] = engine
-    model = LoadedModel(manifest=manifest, path=bundle_dir, engines=engines)
+    model = LoadedModel(manifest=manifest, path=bundle_dir, engines=engines, skip_z=skip_z)
     if warmup:
         probe = np.zeros((1, *manifest.input.shape), dtype=np.float32)
         started = time.perf_counter()
-        model.run(probe, manifest.rse.default_samples, purify=True)
+        model.infer(probe, manifest.rse.default_samples, purify=model.purifier is not None, skip_z=-np.inf)
         log.info("warmed up %s/%s in %.3fs", manifest.name, manifest.version, time.perf_counter() - started)
     return model
 
@@ -95,7 +124,14 @@ class ModelRegistry:
         self.failures: dict[str, str] = {}
 
     def load_repository(
-        self, repository: Path, *, providers: list[str], intra_op_threads: int, seed: int | None, warmup: bool
+        self,
+        repository: Path,
+        *,
+        providers: list[str],
+        intra_op_threads: int,
+        seed: int | None,
+        warmup: bool,
+        skip_z: float | None = None,
     ) -> None:
         for name, bundle_dir in latest_versions(repository).items():
             try:
@@ -105,6 +141,7 @@ class ModelRegistry:
                     intra_op_threads=intra_op_threads,
                     seed=seed,
                     warmup=warmup,
+                    skip_z=skip_z,
                 )
             except (ManifestError, OSError, RuntimeError, ValueError) as exc:
                 log.error("not serving %s: %s", bundle_dir, exc)

@@ -85,4 +85,18 @@ class PurifierEngine(GraphEngine):
         return purified, before, after
 
 
-ENGINES: dict[str, type[GraphEngine]] = {"ensemble": EnsembleEngine, "purifier": PurifierEngine}
+class ScreenEngine(GraphEngine):
+    """The purifier's first DAE forward alone: the reconstruction error that decides who needs purifying."""
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """images [B,C,H,W] -> reconstruction error [B] (the purifier's `error_before`)."""
+        return self.session.run(["error_before"], {"images": np.ascontiguousarray(images, dtype=np.float32)})[
+            0
+        ]
+
+
+ENGINES: dict[str, type[GraphEngine]] = {
+    "ensemble": EnsembleEngine,
+    "purifier": PurifierEngine,
+    "screen": ScreenEngine,
+}

@@ -39,7 +39,10 @@ class Flags(BaseModel):
 
 
 class PurificationInfo(BaseModel):
-    steps: int
+    steps: int = Field(
+        description="Purification steps run: T, or 0 when adaptive compute skipped them because the "
+        "input's reconstruction error was already low (such inputs would get no gradient)."
+    )
     reconstruction_error_before: float
     reconstruction_error_after: float
     changed_label: bool = Field(

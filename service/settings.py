@@ -12,7 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DEFENDED_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DEFENDED_", extra="ignore", env_parse_none_str="none")
 
     host: str = "127.0.0.1"
     """Address uvicorn binds to."""
@@ -33,6 +33,20 @@ class Settings(BaseSettings):
     """onnxruntime threads inside one operator (0 lets onnxruntime pick one per core)."""
     engine_workers: int = Field(default=1, ge=1)
     """Engine calls that may run at once; more than one oversubscribes the cores on small machines."""
+    batching: bool = True
+    """Merge concurrent requests for one model into one engine call. Off, each request gets its own call
+    (the baseline the benchmark compares against); queueing and its limits apply either way."""
+    max_batch_images: int = Field(default=64, ge=1)
+    """Most images in one merged engine call (a single larger request still runs, alone)."""
+    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    """How long the oldest queued request may wait for company before its batch runs. Under load batches
+    fill while the engine is busy, so this matters only when traffic is light."""
+    max_queue_images: int = Field(default=1024, ge=1)
+    """Images waiting per model beyond which requests are refused with 503 and Retry-After, so latency
+    stays bounded instead of growing with the backlog."""
+    purify_skip_z: float | None = 0.0
+    """Adaptive compute: inputs whose reconstruction z-score is at or below this skip the purification
+    steps (0: exactly those the APuDAE loss gives no gradient). `none` purifies every input for T steps."""
     noise_seed: int | None = None
     """Fixes the in-graph noise for reproducible tests. Leave unset in production: the RSE and purifier
     noise must stay unpredictable to clients, so by default every session draws a fresh seed from the OS."""

@@ -39,7 +39,8 @@ def check_prediction(prediction: dict, samples: int, purified: bool = True) -> N
     if not purified:
         assert purification is None
         return
-    assert purification["steps"] == 13
+    # adaptive compute (the default): inputs at or below the clean mean error skip the steps
+    assert purification["steps"] == (13 if flags["scores"]["reconstruction"] > 0 else 0)
     assert (
         purification["reconstruction_error_before"] >= 0 and purification["reconstruction_error_after"] >= 0
     )

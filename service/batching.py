@@ -1,0 +1,175 @@
+"""Dynamic batching: concurrent requests for one model are queued and merged into one engine call.
+
+Why: a defended answer costs N classifier passes plus T purification steps per image, and onnxruntime
+does that work far more efficiently per image in one large call than in many small ones. One consumer task
+per model takes what has queued (up to `max_batch_images`), runs it as one `infer` on the engine thread, and
+hands each request back its own rows, summarised with its own `samples` and `purify`.
+
+Requests with different options share a call: the batch runs at the largest `samples` asked for and each
+request keeps the first n passes of its rows (the passes are i.i.d.), and `purify` is carried per image.
+The queue is bounded in images; beyond it requests get 503 + Retry-After at once, so latency stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import EngineFailure, QueueFull
+from service.metrics import ServiceMetrics
+from service.pipeline import PipelineResult, score
+from service.registry import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    merge: bool
+    max_batch_images: int
+    max_delay_seconds: float
+    max_queue_images: int
+
+
+@dataclass
+class _Request:
+    images: np.ndarray
+    samples: int
+    purify: bool
+    future: asyncio.Future[PipelineResult]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """The queue and the consumer task of one loaded model version."""
+
+    def __init__(
+        self, model: LoadedModel, executor: Executor, config: BatchingConfig, metrics: ServiceMetrics
+    ) -> None:
+        self.model = model
+        self.config = config
+        self._executor = executor
+        self._metrics = metrics
+        self._queue: deque[_Request] = deque()
+        self._queued_images = 0
+        self._arrived = asyncio.Event()
+        self._consumer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._labels = (model.name, model.version)
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued_images
+
+    async def submit(self, images: np.ndarray, samples: int, purify: bool) -> PipelineResult:
+        """Queue one request's images and wait for its result."""
+        if self._closing:
+            raise QueueFull("the service is shutting down", retry_after=1)
+        if self._queue and self._queued_images + len(images) > self.config.max_queue_images:
+            self._metrics.queue_rejected.labels(*self._labels).inc()
+            raise QueueFull(
+                f"model '{self.model.name}' has {self._queued_images} images queued "
+                f"(limit {self.config.max_queue_images}); retry shortly",
+                retry_after=1,
+            )
+        request = _Request(images, samples, purify, asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        self._queued_images += len(images)
+        self._metrics.queue_length.labels(*self._labels).set(len(self._queue))
+        self._arrived.set()
+        if self._consumer is None:
+            self._consumer = asyncio.create_task(self._consume(), name=f"batcher-{self.model.name}")
+        return await request.future
+
+    async def close(self) -> None:
+        """Refuse new requests, let the queued ones finish, then stop the consumer."""
+        self._closing = True
+        self._arrived.set()
+        if self._consumer is not None:
+            await self._consumer
+
+    async def _consume(self) -> None:
+        while True:
+            while not self._queue:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+            await self._wait_for_company()
+            batch = self._take_batch()
+            if batch:
+                await self._run(batch)
+
+    async def _wait_for_company(self) -> None:
+        """Give the oldest request up to `max_delay_seconds` (from its arrival) to be joined by others."""
+        if not self.config.merge or self._closing:
+            return
+        deadline = self._queue[0].enqueued + self.config.max_delay_seconds
+        while self._queued_images < self.config.max_batch_images and not self._closing:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Request]:
+        """Pop the requests of the next call, oldest first; requests whose caller gave up are dropped."""
+        batch: list[_Request] = []
+        images = 0
+        while self._queue:
+            request = self._queue[0]
+            if batch and (
+                not self.config.merge or images + len(request.images) > self.config.max_batch_images
+            ):
+                break
+            self._queue.popleft()
+            self._queued_images -= len(request.images)
+            if request.future.done():  # cancelled: the client went away while it waited
+                continue
+            batch.append(request)
+            images += len(request.images)
+        self._metrics.queue_length.labels(*self._labels).set(len(self._queue))
+        return batch
+
+    async def _run(self, batch: list[_Request]) -> None:
+        started = time.perf_counter()
+        for request in batch:
+            self._metrics.queue_wait.labels(*self._labels).observe(started - request.enqueued)
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, self._infer_and_split, batch)
+        except Exception as exc:  # one failed call must fail only its own requests
+            log.exception("engine call failed for %d requests on %s/%s", len(batch), *self._labels)
+            error = EngineFailure(f"the engine failed on this batch: {type(exc).__name__}")
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(error)
+            return
+        for request, result in zip(batch, results, strict=True):
+            if not request.future.done():
+                request.future.set_result(result)
+
+    def _infer_and_split(self, batch: list[_Request]) -> list[PipelineResult]:
+        """On the engine thread: one merged `infer`, then each request's rows scored on their own."""
+        images = np.concatenate([request.images for request in batch])
+        purify = np.concatenate([np.full(len(r.images), r.purify) for r in batch])
+        output = self.model.infer(images, max(r.samples for r in batch), purify)
+        for graph, seconds in output.seconds.items():
+            self._metrics.engine_latency.labels(*self._labels, graph).observe(seconds)
+        self._metrics.engine_batch.labels(*self._labels).observe(len(images))
+        self._metrics.batch_requests.labels(*self._labels).observe(len(batch))
+        results, start = [], 0
+        for request in batch:
+            rows = slice(start, start + len(request.images))
+            results.append(score(output.take(rows, request.samples), self.model.manifest.purifier))
+            start = rows.stop
+        return results
