@@ -35,6 +35,8 @@ class BatchingConfig:
     max_batch_images: int
     max_delay_seconds: float
     max_queue_images: int
+    concurrent_batches: int = 1
+    """Merged calls of this model that may run at once, one per engine thread."""
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Batcher:
         self._queued_images = 0
         self._arrived = asyncio.Event()
         self._consumer: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(config.concurrent_batches)
+        self._running: set[asyncio.Task[None]] = set()
         self._closing = False
         self._labels = (model.name, model.version)
 
@@ -88,11 +92,12 @@ class Batcher:
         return await request.future
 
     async def close(self) -> None:
-        """Refuse new requests, let the queued ones finish, then stop the consumer."""
+        """Refuse new requests, let the queued and running ones finish, then stop the consumer."""
         self._closing = True
         self._arrived.set()
         if self._consumer is not None:
             await self._consumer
+        await asyncio.gather(*self._running)
 
     async def _consume(self) -> None:
         while True:
@@ -101,10 +106,21 @@ class Batcher:
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
+            # NOTE: a free engine thread first, then the batch: while every thread is busy the queue fills,
+            # so batches grow with load instead of waiting on a timer.
+            await self._slots.acquire()
             await self._wait_for_company()
             batch = self._take_batch()
-            if batch:
-                await self._run(batch)
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slots.release()
 
     async def _wait_for_company(self) -> None:
         """Give the oldest request up to `max_delay_seconds` (from its arrival) to be joined by others."""

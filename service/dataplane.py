@@ -42,12 +42,14 @@ class DataPlane:
         self.registry = registry
         self.metrics = metrics
         self.ready = False
-        self._executor = ThreadPoolExecutor(settings.engine_workers, thread_name_prefix="engine")
+        workers = settings.engine_threads()
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="engine")
         self._batching = BatchingConfig(
             merge=settings.batching,
             max_batch_images=settings.max_batch_images,
             max_delay_seconds=settings.max_queue_delay_ms / 1000,
             max_queue_images=settings.max_queue_images,
+            concurrent_batches=workers,
         )
         self._batchers: dict[int, Batcher] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -29,10 +30,13 @@ class Settings(BaseSettings):
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     """Execution provider: `auto` takes CUDA when onnxruntime offers it, else CPU; `cuda` falls back to CPU
     with a warning when CUDA is missing."""
-    intra_op_threads: int = Field(default=0, ge=0)
-    """onnxruntime threads inside one operator (0 lets onnxruntime pick one per core)."""
-    engine_workers: int = Field(default=1, ge=1)
-    """Engine calls that may run at once; more than one oversubscribes the cores on small machines."""
+    intra_op_threads: int = Field(default=1, ge=0)
+    """onnxruntime threads inside one engine call (0: one per core). On CPU one thread per call and one
+    call per core is faster than one call spread over every core: the small convolutions scale poorly
+    across threads and the in-graph noise generator runs on one thread anyway (docs/PERFORMANCE.md)."""
+    engine_workers: int = Field(default=0, ge=0)
+    """Engine calls that may run at once, across models (0: one per core). Keep workers x intra-op
+    threads at or below the core count."""
     batching: bool = True
     """Merge concurrent requests for one model into one engine call. Off, each request gets its own call
     (the baseline the benchmark compares against); queueing and its limits apply either way."""
@@ -59,3 +63,6 @@ class Settings(BaseSettings):
     """Most images in one request (413 above it)."""
     max_image_pixels: int = Field(default=4096 * 4096, ge=1)
     """Largest width x height an uploaded image may declare before it is decoded (decompression bombs)."""
+
+    def engine_threads(self) -> int:
+        return self.engine_workers or os.cpu_count() or 1

@@ -42,10 +42,10 @@ def digit(d: int) -> np.ndarray:
 
 
 def make_batcher(model: LoadedModel, **overrides) -> tuple[Batcher, ServiceMetrics]:
-    config = {"merge": True, "max_batch_images": 64, "max_delay_seconds": 0.2, "max_queue_images": 256}
+    defaults = {"merge": True, "max_batch_images": 64, "max_delay_seconds": 0.2, "max_queue_images": 256}
+    config = BatchingConfig(**{**defaults, **overrides})
     metrics = ServiceMetrics()
-    executor = ThreadPoolExecutor(1)
-    return Batcher(model, executor, BatchingConfig(**{**config, **overrides}), metrics), metrics
+    return Batcher(model, ThreadPoolExecutor(config.concurrent_batches), config, metrics), metrics
 
 
 def sample(metrics: ServiceMetrics, name: str, model: LoadedModel) -> float:
@@ -151,3 +151,13 @@ async def test_http_queue_full_is_a_json_503_with_retry_after() -> None:
     refused = next(r for r in responses if r.status_code == 503)
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["code"] == "overloaded" and "queued" in refused.json()["error"]
+
+
+async def test_two_engine_threads_run_batches_side_by_side(model: LoadedModel) -> None:
+    batcher, metrics = make_batcher(model, max_batch_images=2, concurrent_batches=2, max_delay_seconds=0.0)
+    digits = (0, 1, 2, 3, 4, 6, 7, 8)
+    results = await asyncio.gather(*(batcher.submit(digit(d), 3, d % 2 == 0) for d in digits))
+    await batcher.close()
+    assert [r.summary.class_index.item() for r in results] == list(digits)
+    assert sample(metrics, "defended_batch_requests_sum", model) == len(digits)
+    assert sample(metrics, "defended_batch_requests_count", model) >= len(digits) / 2

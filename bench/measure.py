@@ -1,0 +1,189 @@
+"""The measurements behind `make bench`, one function per row family of the report."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.reference import NaivePipeline
+from export.calibrate import flagged
+from models.purify import AdaptivePurifier
+from service.pipeline import run_pipeline_batched
+from service.registry import LoadedModel
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def rate(work: Callable[[], int], min_seconds: float, min_calls: int = 2) -> float:
+    """Items per second of `work` (which returns how many items it did), after one warm-up call."""
+    work()
+    done, calls, started = 0, 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - started < min_seconds:
+        done += work()
+        calls += 1
+    return done / (time.perf_counter() - started)
+
+
+def naive_rate(naive: NaivePipeline, images: np.ndarray, samples: int, purify: bool) -> float:
+    """The reference way: one image per call, N sequential passes, autograd purification."""
+    position = iter(range(10**9))
+
+    def one() -> int:
+        naive(images[next(position) % len(images)][None], samples, purify)
+        return 1
+
+    return rate(one, min_seconds=3.0, min_calls=len(images))
+
+
+def engine_rate(
+    model: LoadedModel, images: np.ndarray, batch: int, samples: int, purify: bool, skip_z: float | None
+) -> float:
+    """Our engine in-process (no HTTP): one `infer` per batch of `batch` clean test images."""
+    chunks = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)] or [images[:batch]]
+    position = iter(range(10**9))
+    skip = -np.inf if skip_z is None else skip_z  # -inf: purify every image for T steps
+
+    def one() -> int:
+        chunk = chunks[next(position) % len(chunks)]
+        model.infer(chunk, samples, purify, skip_z=skip)
+        return len(chunk)
+
+    return rate(one, min_seconds=2.0)
+
+
+def adaptive_trade(
+    model: LoadedModel,
+    clean: tuple[np.ndarray, np.ndarray],
+    attacked: tuple[np.ndarray, np.ndarray],
+    samples: int,
+) -> dict[str, dict[str, float]]:
+    """Accuracy and flag rate with every input purified for T steps vs with adaptive skipping."""
+    thresholds = model.manifest.calibration.thresholds
+    out: dict[str, dict[str, float]] = {}
+    for name, (images, labels) in {"clean": clean, "pgd": attacked}.items():
+        for mode, skip_z in {"fixed_T": None, "adaptive": model.skip_z}.items():
+            result = run_pipeline_batched(
+                model.engine, model.purifier, model.manifest.purifier, images, samples,
+                screen=model.screen, skip_z=skip_z,
+            )  # fmt: skip
+            out[f"{name}_{mode}"] = {
+                "images": len(images),
+                "accuracy": float((result.summary.class_index == labels).mean()),
+                "flag_rate": float(flagged(result.scores, thresholds).mean()),
+                "purified_share": float((result.purification.steps > 0).mean()),
+            }
+    return out
+
+
+def pipeline_flops(naive: NaivePipeline, shape: tuple[int, ...], samples: int) -> dict[str, float]:
+    """FLOPs per image, counted by torch on the twin modules: one classifier pass, the T-step purification
+    (forwards, VJPs and the final error), one DAE forward (the screen), and the two pipelines built on them."""
+    x = torch.rand(1, *shape)
+
+    def count(fn: Callable[[], Any]) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn()
+        return float(counter.get_total_flops())
+
+    classifier = count(lambda: naive.classifier(x))
+    purifier = count(lambda: AdaptivePurifier(naive.dae, naive.config, noise=False)(x))
+    screen = count(lambda: naive.dae(x))
+    return {
+        "classifier_pass": classifier,
+        "purifier": purifier,
+        "screen": screen,
+        "fixed_T_pipeline": purifier + 2 * samples * classifier,
+        "skipped_pipeline": screen + samples * classifier,
+        "ensemble_only": samples * classifier,
+    }
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
+    """The machine's dense fp32 limit for context: best of `repeats` large matrix products in torch."""
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_service(**settings: str) -> Iterator[str]:
+    """`python -m service` on loopback with DEFENDED_* settings; yields its URL once ready."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DEFENDED_HOST": "127.0.0.1",
+        "DEFENDED_PORT": str(port),
+        "DEFENDED_LOG_LEVEL": "warning",
+    }
+    env.update({f"DEFENDED_{key.upper()}": value for key, value in settings.items()})
+    process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("service did not become ready")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def locust_run(
+    url: str, users: int, seconds: int, path: str = "/v1/predict", rate_per_user: float = 0
+) -> dict:
+    """Locust headless against `url`; the aggregated row of its CSV stats (latencies in ms)."""
+    with tempfile.TemporaryDirectory() as folder:
+        prefix = Path(folder) / "run"
+        env = {**os.environ, "BENCH_PATH": path, "BENCH_RATE_PER_USER": str(rate_per_user)}
+        command = [
+            sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "bench" / "locustfile.py"), "--headless",
+            "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
+            "--only-summary", "--loglevel", "WARNING",
+        ]  # fmt: skip
+        subprocess.run(command, env=env, check=True, capture_output=True, timeout=seconds + 60)
+        with open(f"{prefix}_stats.csv", newline="") as handle:
+            row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
+    return {
+        "users": users,
+        "seconds": seconds,
+        "requests": int(row["Request Count"]),
+        "failures": int(row["Failure Count"]),
+        "requests_per_second": float(row["Requests/s"]),
+        "p50_ms": float(row["50%"]),
+        "p95_ms": float(row["95%"]),
+        "p99_ms": float(row["99%"]),
+        "rate_per_user": rate_per_user,
+    }
