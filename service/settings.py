@@ -42,9 +42,10 @@ class Settings(BaseSettings):
     (the baseline the benchmark compares against); queueing and its limits apply either way."""
     max_batch_images: int = Field(default=64, ge=1)
     """Most images in one merged engine call (a single larger request still runs, alone)."""
-    max_queue_delay_ms: float = Field(default=2.0, ge=0)
-    """How long the oldest queued request may wait for company before its batch runs. Under load batches
-    fill while the engine is busy, so this matters only when traffic is light."""
+    max_queue_delay_ms: float = Field(default=0.0, ge=0)
+    """How long the oldest queued request may wait for company once an engine thread is free. Under load
+    batches fill while the threads are busy anyway; on CPU waiting only adds latency, while on a GPU, where
+    one large call costs little more than a small one, a few milliseconds can pay off."""
     max_queue_images: int = Field(default=1024, ge=1)
     """Images waiting per model beyond which requests are refused with 503 and Retry-After, so latency
     stays bounded instead of growing with the backlog."""
