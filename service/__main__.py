@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import uvicorn
 
 from service.app import create_app
+from service.server import DrainingServer
 from service.settings import Settings
+
+STARTUP_FAILURE = 3
 
 
 def main() -> None:
@@ -15,13 +19,18 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=int(settings.drain_seconds),
     )
+    server = DrainingServer(config, on_drain=app.state.dataplane.start_draining)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":

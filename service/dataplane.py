@@ -60,6 +60,11 @@ class DataPlane:
             batcher = self._batchers[id(model)] = Batcher(model, self._executor, self._batching, self.metrics)
         return batcher
 
+    def start_draining(self) -> None:
+        """Shutdown has begun: readiness fails and new requests are refused; accepted ones carry on."""
+        self.ready = False
+        self.draining = True
+
     async def close(self) -> None:
         """Stop taking requests, finish the queued ones, then release the engine threads."""
         self.ready = False
@@ -69,7 +74,7 @@ class DataPlane:
     # --- lookup -------------------------------------------------------------------------------------------
     def model(self, name: str | None) -> LoadedModel:
         if not self.ready:
-            raise NotReady("models are still loading")
+            raise NotReady("the service is shutting down" if self.draining else "models are still loading")
         return self.registry.get(name or self.settings.default_model)
 
     @staticmethod

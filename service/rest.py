@@ -95,7 +95,9 @@ class Endpoints:
 
     async def readyz(self) -> JSONResponse:
         if not self.dataplane.ready:
-            raise NotReady("models are still loading or the service is shutting down")
+            raise NotReady(
+                "the service is shutting down" if self.dataplane.draining else "models are still loading"
+            )
         return JSONResponse({"status": "ready", "models": [m.name for m in self.dataplane.registry.models()]})
 
     async def list_models(self) -> ModelList:

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     warmup: bool = True
     """Run one engine call per model before reporting ready."""
 
+    drain_seconds: float = Field(default=25.0, gt=0)
+    """On SIGTERM, how long accepted requests get to finish before the process stops anyway; keep it
+    below the pod's terminationGracePeriodSeconds minus its preStop pause."""
+
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest request body accepted (413 above it)."""
     max_instances: int = Field(default=64, ge=1)
