@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
 
+from service import logs
 from service.app import create_app
 from service.server import DrainingServer
 from service.settings import Settings
@@ -16,15 +16,15 @@ STARTUP_FAILURE = 3
 
 def main() -> None:
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # our handlers (service.logs) format uvicorn's records too
+        access_log=False,  # service.access writes one access line per request, with its request id
         timeout_graceful_shutdown=int(settings.drain_seconds),
     )
     server = DrainingServer(config, on_drain=app.state.dataplane.start_draining)

@@ -9,10 +9,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.access import AccessMiddleware
+from service.auth import KeyRing
 from service.dataplane import DataPlane
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.ratelimit import RateLimiter
 from service.registry import ModelRegistry
 from service.rest import build_router
 from service.runtime import choose_providers
@@ -71,6 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dataplane = dataplane
     install_error_handlers(app)
     app.include_router(build_router(dataplane))
+    # NOTE: the last one added runs first: access control and request ids wrap everything else.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(
+        AccessMiddleware,
+        keys=KeyRing(settings.client_keys(), settings.admin_keys()),
+        limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        open_paths=frozenset(settings.open_paths),
+        metrics=metrics,
+        max_clients=settings.max_tracked_clients,
+    )
     return app

@@ -160,7 +160,8 @@ class Batcher:
                 break
             self._queue.popleft()
             self._queued_images -= len(request.images)
-            if request.future.done():  # cancelled: the client went away while it waited
+            if request.future.done():  # cancelled: the client went away or the deadline passed
+                self._metrics.queue_dropped.labels(*self._labels).inc()
                 continue
             batch.append(request)
             images += len(request.images)

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from service import requestctx
 from service.batching import Batcher, BatchingConfig
 from service.codecs import decode_image, decode_instance, encode_png
-from service.errors import InvalidInput, NotReady, PayloadTooLarge
+from service.errors import InvalidInput, NotReady, PayloadTooLarge, RequestTimeout
 from service.metrics import ServiceMetrics
 from service.registry import LoadedModel, ModelRegistry
 from service.schemas import (
@@ -142,7 +143,16 @@ class DataPlane:
         return_purified: bool = False,
     ) -> list[Prediction]:
         name, version = model.name, model.version
-        result = await self.batcher(model).submit(images, samples, purify)
+        try:
+            # NOTE: on timeout the waiting submit is cancelled, which cancels its queue entry: a request
+            # still queued then never reaches the engine.
+            result = await asyncio.wait_for(
+                self.batcher(model).submit(images, samples, purify), self.settings.request_timeout_seconds
+            )
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no answer within {self.settings.request_timeout_seconds:g}s; the service is overloaded"
+            ) from None
 
         summary, scores = result.summary, result.scores
         thresholds = model.manifest.calibration.thresholds
@@ -150,6 +160,14 @@ class DataPlane:
         classes = model.manifest.classes
         labels = [classes[i] for i in summary.class_index]
         self.metrics.observe_predictions(name, version, labels, summary.agreement, reasons)
+        flagged = [r for r in reasons if r]
+        requestctx.note(
+            model=name, version=version, images=len(images), flagged=len(flagged),
+            flag_reasons=sorted({reason for fired in flagged for reason in fired}),
+        )  # fmt: skip
+        context = requestctx.current()
+        if context is not None and flagged:
+            self.metrics.client_flagged.labels(context.client_label).inc(len(flagged))
         purification = result.purification
         if purification is not None:
             self.metrics.observe_purification(

@@ -76,6 +76,18 @@ class QueueFull(ServiceError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class ClientGone(ServiceError):
+    """Nobody reads this answer; the status (nginx's 499) only shows up in logs and metrics."""
+
+    status_code = 499
+    code = "client_closed_request"
+
+
+class RequestTimeout(ServiceError):
+    status_code = 504
+    code = "timeout"
+
+
 class EngineFailure(ServiceError):
     """An engine call raised: only the requests of that batch fail, the service keeps serving."""
 

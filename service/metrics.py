@@ -121,6 +121,32 @@ class ServiceMetrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.queue_dropped = Counter(
+            f"{PREFIX}_queue_dropped_total",
+            "Requests dropped from the queue before their engine call: the client went away or the "
+            "request's deadline passed.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.client_requests = Counter(
+            f"{PREFIX}_client_requests_total",
+            "Requests by client (API key id, or peer address without authentication; `other` past the cap).",
+            ["client"],
+            registry=r,
+        )
+        self.client_rejected = Counter(
+            f"{PREFIX}_client_rejected_total",
+            "Requests refused before reaching the service, by client and reason (unauthorized, forbidden, "
+            "rate_limited).",
+            ["client", "reason"],
+            registry=r,
+        )
+        self.client_flagged = Counter(
+            f"{PREFIX}_client_flagged_total",
+            "Inputs flagged as adversarial, by client: with client_requests_total, a client's flag rate.",
+            ["client"],
+            registry=r,
+        )
         self.model_info = Gauge(
             f"{PREFIX}_model_info",
             "Loaded model bundles (value 1), with their provider and ensemble size.",

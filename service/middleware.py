@@ -31,7 +31,7 @@ class BodyLimitMiddleware:
                 f"request body of {declared.decode(errors='replace')} bytes exceeds the limit of {self.max_bytes}",
                 limit=self.max_bytes,
             )
-            await _send_json(send, error.status_code, error.body())
+            await send_json(send, error.status_code, error.body())
             return
         received = 0
 
@@ -78,8 +78,10 @@ class MetricsMiddleware:
             self.metrics.request_latency.labels(route, method).observe(time.perf_counter() - started)
 
 
-async def _send_json(send: Send, status: int, body: dict) -> None:
+async def send_json(send: Send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+    """Answer from middleware, before the app runs: a JSON error body like the exception handlers'."""
     payload = json.dumps(body).encode()
+    extra = [(key.lower().encode(), value.encode()) for key, value in (headers or {}).items()]
     await send(
         {
             "type": "http.response.start",
@@ -87,6 +89,7 @@ async def _send_json(send: Send, status: int, body: dict) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
+                *extra,
             ],
         }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -13,7 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from service.dataplane import DataPlane
-from service.errors import InvalidInput, MalformedRequest, NotReady, UnsupportedMediaType
+from service.errors import ClientGone, InvalidInput, MalformedRequest, NotReady, UnsupportedMediaType
 from service.schemas import ErrorBody, ModelInfo, ModelList, PredictRequest, PredictResponse
 
 _MULTIPART_SCHEMA = {
@@ -44,6 +45,12 @@ PurifyQuery = Annotated[
     bool | None, Query(description="Purify before classifying (default: when the model has a purifier).")
 ]
 ReturnPurifiedQuery = Annotated[bool, Query(description="Return the purified image as a base64 PNG.")]
+
+
+async def _disconnected(request: Request, poll_seconds: float = 0.05) -> None:
+    """Returns once the client has closed the connection (Starlette does not cancel handlers for it)."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(poll_seconds)
 
 
 def _parse_samples(raw: Any) -> int | None:
@@ -147,8 +154,17 @@ class Endpoints:
             )
         samples = self.dataplane.resolve_samples(model, options.samples)
         purify = self.dataplane.resolve_purify(model, options.purify)
-        predictions = await self.dataplane.predict(model, images, samples, purify, options.return_purified)
-        return PredictResponse(predictions=predictions)
+        work = asyncio.ensure_future(
+            self.dataplane.predict(model, images, samples, purify, options.return_purified)
+        )
+        gone = asyncio.ensure_future(_disconnected(request))
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if not work.done():
+            # the client hung up: cancelling drops its request from the queue before the engine sees it
+            work.cancel()
+            raise ClientGone("the client closed the connection before the answer was ready")
+        return PredictResponse(predictions=work.result())
 
     @staticmethod
     async def _json_body(request: Request) -> PredictRequest:

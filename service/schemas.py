@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class PredictRequest(BaseModel):
-    """JSON body of a predict call."""
+    """JSON body of a predict call. Unknown fields are refused rather than ignored, so that a client
+    cannot believe it set something (a noise seed, say) that the service never honours."""
+
+    model_config = ConfigDict(extra="forbid")
 
     instances: list[Any] = Field(
         description='Images: base64 strings (optionally `data:` URLs), `{"b64": ...}` objects, or nested '

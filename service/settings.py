@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +62,28 @@ class Settings(BaseSettings):
     """On SIGTERM, how long accepted requests get to finish before the process stops anyway; keep it
     below the pod's terminationGracePeriodSeconds minus its preStop pause."""
 
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    """A prediction not answered by then gets 504; if it is still queued it never reaches the engine."""
+
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """Client API keys (JSON list in the environment). With none here or in the files, authentication is
+    off."""
+    api_keys_file: Path | None = None
+    """A mounted secret with one client key per line (`#` comments allowed)."""
+    admin_api_keys: list[SecretStr] = Field(default_factory=list)
+    """Keys that may also call the admin routes (model repository load/unload)."""
+    admin_api_keys_file: Path | None = None
+    open_paths: list[str] = ["/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"]
+    """Paths served without an API key (probes and the Prometheus scrape by default)."""
+    rate_limit_per_second: float = Field(default=0.0, ge=0)
+    """Requests per second each client may sustain (429 beyond, with Retry-After); 0 turns it off."""
+    rate_limit_burst: int = Field(default=20, ge=1)
+    """Requests a client may send at once before the rate applies."""
+    max_tracked_clients: int = Field(default=1000, ge=1)
+    """Distinct clients named in the per-client metrics; the rest are counted as `other`."""
+    log_format: Literal["json", "text"] = "json"
+    """JSON lines (with request ids) for log pipelines, or plain text for a terminal."""
+
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest request body accepted (413 above it)."""
     max_instances: int = Field(default=64, ge=1)
@@ -71,3 +93,19 @@ class Settings(BaseSettings):
 
     def engine_threads(self) -> int:
         return self.engine_workers or os.cpu_count() or 1
+
+    def client_keys(self) -> list[str]:
+        return _keys(self.api_keys, self.api_keys_file)
+
+    def admin_keys(self) -> list[str]:
+        return _keys(self.admin_api_keys, self.admin_api_keys_file)
+
+
+def read_key_file(path: Path) -> list[str]:
+    """One key per line; blank lines and `#` comments skipped."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _keys(inline: list[SecretStr], path: Path | None) -> list[str]:
+    return [key.get_secret_value() for key in inline] + (read_key_file(path) if path else [])
