@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -37,7 +37,7 @@ PREDICT_BODY = {
     }
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 429, 500, 503, 504)
 }
 
 SamplesQuery = Annotated[int | None, Query(description="Ensemble size N; overrides the model's default.")]
@@ -209,7 +209,14 @@ def build_router(dataplane: DataPlane) -> APIRouter:
     router = APIRouter()
     router.add_api_route("/healthz", endpoints.healthz, methods=["GET"], tags=["health"])
     router.add_api_route("/readyz", endpoints.readyz, methods=["GET"], tags=["health"], responses=ERRORS)
-    router.add_api_route("/metrics", endpoints.metrics, methods=["GET"], tags=["monitoring"])
+    router.add_api_route(
+        "/metrics",
+        endpoints.metrics,
+        methods=["GET"],
+        tags=["monitoring"],
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus text exposition format"}},
+    )
     router.add_api_route("/v1/models", endpoints.list_models, methods=["GET"], tags=["v1"])
     router.add_api_route(
         "/v1/models/{name}", endpoints.model_metadata, methods=["GET"], tags=["v1"], responses=ERRORS
