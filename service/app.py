@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from PIL import Image
 
 from service.access import AccessMiddleware
 from service.auth import KeyRing
@@ -53,6 +54,9 @@ def load_models(settings: Settings, dataplane: DataPlane) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    # NOTE: Pillow's own decompression-bomb guard, set to our limit (the codecs also check each header
+    # before decoding, and turn Pillow's warning into a refusal).
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     metrics = ServiceMetrics()
     dataplane = DataPlane(settings, ModelRegistry(), metrics)
 

@@ -116,3 +116,26 @@ def test_sigterm_drains_in_flight_work_and_exits_zero() -> None:
     assert process.wait(timeout=30) == 0
     log = process.stdout.read().decode()
     assert "SIGTERM: draining" in log and "Application shutdown complete" in log
+
+
+def test_a_request_whose_client_hung_up_never_reaches_the_engine() -> None:
+    process, url = start_server(engine_workers="1")
+    try:
+        noise = np.random.default_rng(1).random((32, 28, 28)).tolist()
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(
+                httpx.post, f"{url}/v1/predict", json={"instances": noise, "samples": 64}, timeout=60
+            )
+            time.sleep(0.3)  # the slow call now holds the only engine thread
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{url}/v1/predict", json={"instances": noise[:1]}, timeout=0.5)
+            assert slow.result().status_code == 200
+        time.sleep(0.2)
+        metrics = httpx.get(f"{url}/metrics").text
+        dropped = [line for line in metrics.splitlines() if line.startswith("defended_queue_dropped_total{")]
+        assert dropped and dropped[0].endswith(" 1.0"), dropped
+        # the slow request ran alone: the abandoned one was never merged into an engine call
+        assert 'defended_engine_batch_images_count{model="mnist-rse-apudae",version="1"} 1.0' in metrics
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
