@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: serve test models examples bench lint format clean
+.PHONY: serve test models examples bench soak lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ models: $(VENV)/.dev-deps  ## retrain and re-export the shipped bundle(s)
 bench: $(VENV)/.dev-deps  ## speed vs the naive way: engine, HTTP under locust, FLOP/s (reports/bench/)
 	$(PIP) -e '.[cpu,train,dev,bench]'
 	$(BIN)/python -m bench --out reports/bench
+
+soak: $(VENV)/.dev-deps  ## above-capacity load for 3 minutes: nothing accepted is lost or wrong (reports/soak/)
+	$(PIP) -e '.[cpu,train,dev,bench]'
+	$(BIN)/python -m bench.soak --out reports/soak
 
 examples: $(VENV)/.dev-deps  ## rewrite the example images under examples/
 	$(BIN)/python -m export.examples --out examples

@@ -127,14 +127,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("batching_off", {"batching": "false"}, "/v1/predict"),
         ("batching_on_no_purify", {"batching": "true"}, "/v1/predict?purify=false"),
     ):
-        with measure.running_service(**settings) as url:
-            http[label] = [measure.locust_run(url, u, args.http_seconds, path) for u in args.users]
+        with measure.running_service(**settings) as service:
+            http[label] = [measure.locust_run(service.url, u, args.http_seconds, path) for u in args.users]
     steps.update()
     saturation = max(run["requests_per_second"] for run in http["batching_on"])
     users = max(args.users)
-    with measure.running_service(batching="true") as url:
+    with measure.running_service(batching="true") as service:
         http["half_load"] = measure.locust_run(
-            url, users, args.http_seconds, rate_per_user=saturation / 2 / users
+            service.url, users, args.http_seconds, rate_per_user=saturation / 2 / users
         )
     results["http"] = http
     results["machine"]["load_average_at_end"] = os.getloadavg()

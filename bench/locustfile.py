@@ -1,6 +1,11 @@
-"""Locust user for `make bench`: each user posts one clean example digit (JSON, base64) per request, cycling
-through examples/digit-*.png, back to back (or at a constant rate when BENCH_RATE_PER_USER is set, for the
-latency-at-half-load run). Some of these digits are skipped by adaptive compute and some are purified."""
+"""Locust user for `make bench` and `make soak`: each user posts one clean example digit (JSON, base64) per
+request, cycling through examples/digit-*.png, back to back (or at a constant rate when BENCH_RATE_PER_USER
+is set). Some of these digits are skipped by adaptive compute and some are purified.
+
+With SOAK_EXPECTED (the engine's labels for the examples, JSON) and SOAK_TALLY (a file), every answer is
+sorted into correct / wrong / refused (503, 429) / lost (anything else, timeouts included), and the tally
+with the accepted requests' latencies is written when the run stops.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,14 @@ import json
 import os
 from pathlib import Path
 
-from locust import constant, constant_throughput, task
+from locust import constant, constant_throughput, events, task
 from locust.contrib.fasthttp import FastHttpUser
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-BODIES = [
-    json.dumps({"instances": [base64.b64encode(path.read_bytes()).decode()]})
-    for path in sorted(EXAMPLES.glob("digit-*.png"))
-]
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("digit-*.png"))
+BODIES = [json.dumps({"instances": [base64.b64encode(path.read_bytes()).decode()]}) for path in EXAMPLES]
+EXPECTED = json.loads(os.environ.get("SOAK_EXPECTED", "null"))
+TALLY_FILE = os.environ.get("SOAK_TALLY")
+TALLY = {"correct": 0, "wrong": 0, "refused": 0, "lost": 0, "accepted_latency_ms": []}
 HEADERS = {"content-type": "application/json"}
 PATH = os.environ.get("BENCH_PATH", "/v1/predict")
 RATE = float(os.environ.get("BENCH_RATE_PER_USER", "0"))
@@ -29,4 +34,23 @@ class SingleImageClient(FastHttpUser):
     @task
     def predict(self) -> None:
         self.sent += 1
-        self.client.post(PATH, data=BODIES[self.sent % len(BODIES)], headers=HEADERS)
+        index = self.sent % len(BODIES)
+        if EXPECTED is None:
+            self.client.post(PATH, data=BODIES[index], headers=HEADERS)
+            return
+        with self.client.post(PATH, data=BODIES[index], headers=HEADERS, catch_response=True) as response:
+            if response.status_code == 200:
+                label = response.json()["predictions"][0]["label"]
+                TALLY["correct" if label == EXPECTED[index] else "wrong"] += 1
+                TALLY["accepted_latency_ms"].append(response.request_meta["response_time"])
+            elif response.status_code in (429, 503):
+                TALLY["refused"] += 1
+                response.success()  # refusing is the backpressure working, not a failure
+            else:
+                TALLY["lost"] += 1
+
+
+@events.test_stop.add_listener
+def _write_tally(**_: object) -> None:
+    if TALLY_FILE:
+        Path(TALLY_FILE).write_text(json.dumps(TALLY))

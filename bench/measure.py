@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +146,8 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_service(**settings: str) -> Iterator[str]:
-    """`python -m service` on loopback with DEFENDED_* settings; yields its URL once ready."""
+def running_service(**settings: str) -> Iterator[Service]:
+    """`python -m service` on loopback with DEFENDED_* settings; yields it once ready."""
     port = _free_port()
     env = {
         **os.environ,
@@ -167,19 +168,42 @@ def running_service(**settings: str) -> Iterator[str]:
                 time.sleep(0.2)
         else:
             raise RuntimeError("service did not become ready")
-        yield url
+        yield Service(url, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=60)
 
 
+@dataclass(frozen=True)
+class Service:
+    url: str
+    pid: int
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the service process, from /proc."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no VmRSS for process {self.pid}")
+
+
 def locust_run(
-    url: str, users: int, seconds: int, path: str = "/v1/predict", rate_per_user: float = 0
+    url: str,
+    users: int,
+    seconds: int,
+    path: str = "/v1/predict",
+    rate_per_user: float = 0,
+    extra_env: dict[str, str] | None = None,
 ) -> dict:
     """Locust headless against `url`; the aggregated row of its CSV stats (latencies in ms)."""
     with tempfile.TemporaryDirectory() as folder:
         prefix = Path(folder) / "run"
-        env = {**os.environ, "BENCH_PATH": path, "BENCH_RATE_PER_USER": str(rate_per_user)}
+        env = {
+            **os.environ,
+            "BENCH_PATH": path,
+            "BENCH_RATE_PER_USER": str(rate_per_user),
+            **(extra_env or {}),
+        }
         command = [
             sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "bench" / "locustfile.py"), "--headless",
             "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
