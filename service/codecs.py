@@ -38,7 +38,12 @@ def decode_image(payload: bytes, spec: InputSpec, *, max_pixels: int, index: int
             image.load()
     except InvalidInput:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except UnidentifiedImageError as exc:
+        raise InvalidInput(
+            f"instance {index}: not a decodable image ({', '.join(sorted(ACCEPTED_FORMATS))} accepted)",
+            instance=index,
+        ) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidInput(
             f"instance {index}: not a decodable image ({', '.join(sorted(ACCEPTED_FORMATS))} accepted): {exc}",
             instance=index,
