@@ -13,6 +13,7 @@ The queue is bounded in images; beyond it requests get 503 + Retry-After at once
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service import requestctx
 from service.errors import EngineFailure, QueueFull
 from service.metrics import ServiceMetrics
 from service.pipeline import PipelineResult, score
@@ -45,6 +47,7 @@ class _Request:
     samples: int
     purify: bool
     future: asyncio.Future[PipelineResult]
+    request_id: str | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -87,13 +90,23 @@ class Batcher:
                 f"(limit {self.config.max_queue_images}); retry shortly",
                 retry_after=1,
             )
-        request = _Request(images, samples, purify, asyncio.get_running_loop().create_future())
+        context = requestctx.current()
+        request = _Request(
+            images,
+            samples,
+            purify,
+            asyncio.get_running_loop().create_future(),
+            request_id=context.request_id if context else None,
+        )
         self._queue.append(request)
         self._queued_images += len(images)
         self._metrics.queue_length.labels(*self._labels).set(len(self._queue))
         self._arrived.set()
         if self._consumer is None:
-            self._consumer = asyncio.create_task(self._consume(), name=f"batcher-{self.model.name}")
+            # NOTE: a fresh context, or the consumer would carry the first request's id into every log line
+            self._consumer = asyncio.create_task(
+                self._consume(), name=f"batcher-{self.model.name}", context=contextvars.Context()
+            )
         return await request.future
 
     async def close(self) -> None:
@@ -176,7 +189,12 @@ class Batcher:
         try:
             results = await loop.run_in_executor(self._executor, self._infer_and_split, batch)
         except Exception as exc:  # one failed call must fail only its own requests
-            log.exception("engine call failed for %d requests on %s/%s", len(batch), *self._labels)
+            log.exception(
+                "engine call failed for %d requests on %s/%s",
+                len(batch),
+                *self._labels,
+                extra={"request_ids": [request.request_id for request in batch]},
+            )
             error = EngineFailure(f"the engine failed on this batch: {type(exc).__name__}")
             for request in batch:
                 if not request.future.done():
