@@ -47,10 +47,11 @@ class DataPlane:
         self._executor.shutdown(wait=True)
 
     # --- lookup -------------------------------------------------------------------------------------------
-    def model(self, name: str | None) -> LoadedModel:
+    def model(self, name: str | None, version: str | None = None) -> LoadedModel:
+        """The model to run a request on; the caller holds it to the end, so a swap never cuts it short."""
         if not self.ready:
             raise NotReady("models are still loading")
-        return self.registry.get(name or self.settings.default_model)
+        return self.registry.get(name or self.settings.default_model, version)
 
     @staticmethod
     def resolve_purify(model: LoadedModel, purify: bool | None) -> bool:
@@ -73,7 +74,7 @@ class DataPlane:
         return samples
 
     # --- decode -------------------------------------------------------------------------------------------
-    def _check_count(self, count: int) -> None:
+    def check_count(self, count: int) -> None:
         if count == 0:
             raise InvalidInput("no instances in the request")
         if count > self.settings.max_instances:
@@ -83,7 +84,7 @@ class DataPlane:
             )
 
     async def decode_instances(self, model: LoadedModel, instances: list[Any]) -> np.ndarray:
-        self._check_count(len(instances))
+        self.check_count(len(instances))
         spec, max_pixels = model.manifest.input, self.settings.max_image_pixels
 
         def decode() -> np.ndarray:
@@ -97,7 +98,7 @@ class DataPlane:
         return await asyncio.to_thread(decode)
 
     async def decode_files(self, model: LoadedModel, payloads: list[bytes]) -> np.ndarray:
-        self._check_count(len(payloads))
+        self.check_count(len(payloads))
         spec, max_pixels = model.manifest.input, self.settings.max_image_pixels
 
         def decode() -> np.ndarray:

@@ -96,7 +96,7 @@ class Endpoints:
     async def readyz(self) -> JSONResponse:
         if not self.dataplane.ready:
             raise NotReady("models are still loading or the service is shutting down")
-        return JSONResponse({"status": "ready", "models": [m.name for m in self.dataplane.registry.models()]})
+        return JSONResponse({"status": "ready", "models": self.dataplane.registry.names()})
 
     async def list_models(self) -> ModelList:
         return self.dataplane.list_models()
