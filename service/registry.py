@@ -111,7 +111,10 @@ def load_bundle(bundle_dir: Path, options: LoadOptions) -> LoadedModel:
     if options.warmup:
         probe = np.zeros((1, *manifest.input.shape), dtype=np.float32)
         started = time.perf_counter()
-        model.run(probe, manifest.rse.default_samples, purify=True)
+        try:
+            model.run(probe, manifest.rse.default_samples, purify=True)
+        except Exception as exc:  # onnxruntime raises its own types; the message is what the operator needs
+            raise ManifestError(f"{bundle_dir}: warm-up run failed: {exc}") from exc
         log.info("warmed up %s/%s in %.3fs", manifest.name, manifest.version, time.perf_counter() - started)
     return model
 
