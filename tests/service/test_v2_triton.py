@@ -4,7 +4,10 @@ version picked up by polling while requests keep coming."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -18,6 +21,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
+from export.examples import V2_REQUEST, v2_request
 from tests.conftest import DEFAULT_MODEL, EXAMPLES, SHIPPED_REPOSITORY, LiveServer, publish_version, serve
 
 OUTPUTS = [
@@ -177,6 +181,29 @@ def test_parameters_and_errors_reach_the_client(triton: httpclient.InferenceServ
         with pytest.raises(InferenceServerException) as info:
             call()
         assert info.value.status() == status and message in info.value.message()
+
+
+def test_readme_examples_work_as_written(server: LiveServer) -> None:
+    """The README's curl request file and tritonclient script, against the live service."""
+    request_file = EXAMPLES / V2_REQUEST
+    assert json.loads(request_file.read_text()) == v2_request(EXAMPLES / "digit-7.png")  # not stale
+    response = httpx.post(f"{server.url}/v2/models/{DEFAULT_MODEL}/infer", content=request_file.read_bytes())
+    assert response.status_code == 200, response.text
+    tensors = {output["name"]: output["data"] for output in response.json()["outputs"]}
+    assert tensors["label"] == ["7"] and tensors["probabilities"][0].endswith(":7:7")
+    script = subprocess.run(
+        [sys.executable, str(EXAMPLES / "triton_client.py"), "--url", server.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = script.stdout.splitlines()
+    assert lines[0].startswith(f"{DEFAULT_MODEL} ready: True, versions ")
+    assert lines[1].startswith("answered by version ") and lines[1].endswith(" with N = 16")
+    assert lines[2].startswith("digit-7.png: label 7, top-3 [")
+    # its reconstruction z (measured before any noise is drawn) is far above the threshold: always flagged
+    assert lines[3].startswith("adversarial-pgd-digit-3.png: label ") and "adversarial True" in lines[3]
 
 
 def _metrics(server: LiveServer) -> dict[tuple[str, tuple], float]:
