@@ -142,6 +142,7 @@ class ModelRegistry:
         """name -> version -> model, highest version first; replaced whole, never mutated."""
         self._stamps: dict[tuple[str, str], Fingerprint] = {}
         self._failures: dict[tuple[str, str], tuple[Fingerprint, str]] = {}
+        """(name, version) -> (files it was tried with, why it failed); replaced whole, like `_served`."""
         self._unloaded: set[str] = set()
         self._lock = threading.Lock()
 
@@ -185,7 +186,7 @@ class ModelRegistry:
         }
 
     def failure_reason(self, name: str) -> str | None:
-        reasons = [reason for (n, _), (_, reason) in self._failures.items() if n == name]
+        reasons = [reason for (n, _), (_, reason) in sorted(self._failures.items()) if n == name]
         return "; ".join(reasons) or None
 
     def index(self) -> list[IndexEntry]:
@@ -284,10 +285,10 @@ class ModelRegistry:
         # models already serving must keep serving.
         except Exception as exc:
             log.error("not serving %s/%s: %s", name, version, exc)
-            self._failures[(name, version)] = (stamp, str(exc))
+            self._failures = {**self._failures, (name, version): (stamp, str(exc))}
             self._count(name, version, "failed")
             return None
-        self._failures.pop((name, version), None)
+        self._failures = {key: failure for key, failure in self._failures.items() if key != (name, version)}
         self._stamps[(name, version)] = stamp
         log.info("loaded %s/%s from %s on %s", name, version, folder, model.engine.provider)
         self._count(name, version, "loaded")
@@ -316,7 +317,10 @@ class ModelRegistry:
             name,
             version,
         )
-        weakref.finalize(model, log.info, "released %s/%s: its last request has finished", name, version)
+        released = weakref.finalize(
+            model, log.info, "released %s/%s: its last request has finished", name, version
+        )
+        released.atexit = False  # at exit nothing drains; the message would mislead
         self._count(name, version, "replaced" if replaced else "unloaded")
         if not replaced:
             self._stamps.pop((name, version), None)

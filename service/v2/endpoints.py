@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from service.dataplane import DataPlane
-from service.errors import AdminDisabled, MalformedRequest, NotReady
+from service.errors import AdminDisabled, MalformedRequest, NotReady, UnsupportedMediaType
 from service.rest import ERRORS
 from service.v2.inference import infer, model_metadata
 from service.v2.schemas import (
@@ -92,6 +92,11 @@ class V2Endpoints:
         return await self.version_infer(name, None, request)
 
     async def version_infer(self, name: str, version: str | None, request: Request) -> Response:
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise UnsupportedMediaType(
+                f"Content-Encoding '{encoding}' is not accepted; send the body uncompressed"
+            )
         model = self.dataplane.model(name, version)
         return await infer(self.dataplane, model, await request.body(), request.headers.get(HEADER_LENGTH))
 

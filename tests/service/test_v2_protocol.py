@@ -238,6 +238,7 @@ def test_bad_inference_requests(client: TestClient, request_body: dict, status: 
         ),
         (b"{}", {"Inference-Header-Content-Length": "x"}, 400, "Inference-Header-Content-Length"),
         (b"{}", {"Inference-Header-Content-Length": "3"}, 400, "at most the body's 2"),
+        (b"\x1f\x8b", {"Content-Encoding": "gzip"}, 415, "Content-Encoding 'gzip' is not accepted"),
     ],
 )
 def test_malformed_bodies(client: TestClient, body: bytes, headers: dict, status: int, fragment: str) -> None:
