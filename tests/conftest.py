@@ -69,6 +69,16 @@ def repository_copy(tmp_path: Path) -> Path:
     return target
 
 
+def assert_error(response, status: int, *fragments: str) -> None:
+    """A 4xx/5xx answer in the service's one error shape, naming the problem."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert isinstance(body["error"], str) and body["code"]
+    for fragment in fragments:
+        assert fragment in body["error"], body
+
+
 def encode_image(pixels: np.ndarray, image_format: str = "PNG") -> bytes:
     """uint8 pixels ([H,W] grey or [H,W,C]) -> encoded image bytes."""
     buffer = io.BytesIO()

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import StartupError, create_app
+from service.app import StartupError, build_registry, create_app
 from service.errors import Conflict, LoadFailed, ModelNotFound
 from service.manifest import ManifestError, load_manifest
+from service.metrics import ServiceMetrics
 from service.registry import LoadOptions, ModelRegistry
 from service.repository import VersionPolicy, scan
 from service.settings import Settings
@@ -86,6 +87,13 @@ def test_numeric_version_order_and_policies(repository_copy: Path) -> None:
     ) == ["9", "1"]
     assert VersionPolicy("specific", specific={"other": frozenset({"1"})}).limit(DEFAULT_MODEL) == 1
     assert VersionPolicy("all").limit(DEFAULT_MODEL) is None
+
+
+def test_version_policy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEFENDED_VERSION_POLICY", "specific")
+    monkeypatch.setenv("DEFENDED_MODEL_VERSIONS", '{"mnist-rse-apudae": [1, 2]}')
+    policy = build_registry(Settings(), ServiceMetrics()).policy
+    assert policy == VersionPolicy("specific", 1, {DEFAULT_MODEL: frozenset({"1", "2"})})
 
 
 def test_several_versions_serve_at_once(repository_copy: Path) -> None:

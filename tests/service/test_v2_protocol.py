@@ -14,8 +14,7 @@ from tritonclient.http import InferResult
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import DEFAULT_MODEL, EXAMPLES, publish_version
-from tests.service.test_bad_input import assert_error
+from tests.conftest import DEFAULT_MODEL, EXAMPLES, assert_error, publish_version
 
 INFER = f"/v2/models/{DEFAULT_MODEL}/infer"
 OUTPUT_NAMES = [
