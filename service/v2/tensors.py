@@ -133,8 +133,10 @@ def _from_json(tensor: RequestInput, dtype: np.dtype, count: int) -> np.ndarray:
         raise MalformedRequest(f"{what}: data holds {array.size} values, shape {tensor.shape} needs {count}")
     if count and array.dtype.kind not in _JSON_KINDS[dtype.kind]:
         expected = {"b": "booleans", "u": "integers", "i": "integers", "f": "numbers"}[dtype.kind]
+        got = {"b": "booleans", "i": "integers", "f": "fractional numbers", "U": "strings"}
         raise MalformedRequest(
-            f"{what}: {tensor.datatype} data must be {expected}, got {array.dtype.kind!r} values"
+            f"{what}: {tensor.datatype} data must be {expected}, got "
+            f"{got.get(array.dtype.kind, 'mixed or non-numeric values')}"
         )
     if count and dtype.kind in "iu":
         info = np.iinfo(dtype)

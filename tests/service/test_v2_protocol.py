@@ -174,9 +174,17 @@ def _input(**changes) -> dict:
         (_request(inputs=[_input(shape=[1, 1, 28, "28"])]), 400, "shape"),
         (_request(inputs=[_input(data=[1, 2, 3])]), 400, "holds 3 values, shape [1, 1, 28, 28] needs 784"),
         (_request(inputs=[_input(data=[[1, 2], [3]])]), 400, "not a rectangular array"),
-        (_request(inputs=[_input(datatype="FP32", data=["x"] * 784)]), 400, "FP32 data must be numbers"),
+        (
+            _request(inputs=[_input(datatype="FP32", data=["x"] * 784)]),
+            400,
+            "FP32 data must be numbers, got strings",
+        ),
         (_request(inputs=[_input(data=[300] * 784)]), 400, "outside the UINT8 range"),
-        (_request(inputs=[_input(data=[0.5] * 784)]), 400, "UINT8 data must be integers"),
+        (
+            _request(inputs=[_input(data=[0.5] * 784)]),
+            400,
+            "UINT8 data must be integers, got fractional numbers",
+        ),
         (_request(inputs=[_input(data=None)]), 400, "neither data nor parameters.binary_data_size"),
         (_request(inputs=[_input(parameters={"binary_data_size": 784})]), 400, "both data and"),
         (
