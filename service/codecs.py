@@ -61,10 +61,14 @@ def _image_to_array(image: Image.Image, spec: InputSpec) -> np.ndarray:
     image = image.convert(spec.color_mode)
     if image.size != (spec.width, spec.height):
         image = image.resize((spec.width, spec.height), Image.Resampling.LANCZOS)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    pixels = np.asarray(image, dtype=np.uint8)
+    return scale_pixels(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1), spec)
+
+
+def scale_pixels(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 pixels (any layout) -> float32 in the input range, the same way for every transport."""
     low, high = spec.value_range
-    return (low + array * (high - low)).astype(np.float32)
+    return (low + (pixels.astype(np.float32) / 255.0) * (high - low)).astype(np.float32)
 
 
 def decode_base64_image(text: str, spec: InputSpec, *, max_pixels: int, index: int = 0) -> np.ndarray:
@@ -100,14 +104,20 @@ def decode_array(value: Any, spec: InputSpec, *, index: int = 0) -> np.ndarray:
             + (f" or {[height, width]})" if channels == 1 else ")"),
             instance=index,
         )
+    return check_range(array, spec, f"instance {index}", instance=index)
+
+
+def check_range(array: np.ndarray, spec: InputSpec, what: str, **detail: int) -> np.ndarray:
+    """Values claimed to be model input -> float32, refusing NaN/inf and values outside the input range
+    (beyond float rounding), which would put the classifier outside anything it was trained on."""
     if not np.isfinite(array).all():
-        raise InvalidInput(f"instance {index}: array holds NaN or infinite values", instance=index)
+        raise InvalidInput(f"{what}: array holds NaN or infinite values", **detail)
     low, high = spec.value_range
     if array.min() < low - _RANGE_TOLERANCE or array.max() > high + _RANGE_TOLERANCE:
         raise InvalidInput(
-            f"instance {index}: values span [{array.min():.4g}, {array.max():.4g}], outside the input range "
+            f"{what}: values span [{array.min():.4g}, {array.max():.4g}], outside the input range "
             f"[{low}, {high}]",
-            instance=index,
+            **detail,
         )
     return np.clip(array, low, high).astype(np.float32)
 

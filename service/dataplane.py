@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -52,13 +53,15 @@ class DataPlane:
             max_queue_images=settings.max_queue_images,
             concurrent_batches=workers,
         )
-        self._batchers: dict[int, Batcher] = {}
+        # NOTE: weak keys: a replaced model version (live reload) takes its queue with it once its last
+        # request is done, instead of being kept alive here.
+        self._batchers: weakref.WeakKeyDictionary[LoadedModel, Batcher] = weakref.WeakKeyDictionary()
 
     def batcher(self, model: LoadedModel) -> Batcher:
         """The queue of this loaded model version (made on first use, inside the event loop)."""
-        batcher = self._batchers.get(id(model))
-        if batcher is None or batcher.model is not model:
-            batcher = self._batchers[id(model)] = Batcher(model, self._executor, self._batching, self.metrics)
+        batcher = self._batchers.get(model)
+        if batcher is None:
+            batcher = self._batchers[model] = Batcher(model, self._executor, self._batching, self.metrics)
         return batcher
 
     def start_draining(self) -> None:
@@ -69,14 +72,15 @@ class DataPlane:
     async def close(self) -> None:
         """Stop taking requests, finish the queued ones, then release the engine threads."""
         self.ready = False
-        await asyncio.gather(*(batcher.close() for batcher in self._batchers.values()))
+        await asyncio.gather(*(batcher.close() for batcher in list(self._batchers.values())))
         self._executor.shutdown(wait=True)
 
     # --- lookup -------------------------------------------------------------------------------------------
-    def model(self, name: str | None) -> LoadedModel:
+    def model(self, name: str | None, version: str | None = None) -> LoadedModel:
+        """The model to run a request on; the caller holds it to the end, so a swap never cuts it short."""
         if not self.ready:
             raise NotReady("the service is shutting down" if self.draining else "models are still loading")
-        return self.registry.get(name or self.settings.default_model)
+        return self.registry.get(name or self.settings.default_model, version)
 
     @staticmethod
     def resolve_purify(model: LoadedModel, purify: bool | None) -> bool:
@@ -99,7 +103,7 @@ class DataPlane:
         return samples
 
     # --- decode -------------------------------------------------------------------------------------------
-    def _check_count(self, count: int) -> None:
+    def check_count(self, count: int) -> None:
         if count == 0:
             raise InvalidInput("no instances in the request")
         if count > self.settings.max_instances:
@@ -109,7 +113,7 @@ class DataPlane:
             )
 
     async def decode_instances(self, model: LoadedModel, instances: list[Any]) -> np.ndarray:
-        self._check_count(len(instances))
+        self.check_count(len(instances))
         spec, max_pixels = model.manifest.input, self.settings.max_image_pixels
 
         def decode() -> np.ndarray:
@@ -123,7 +127,7 @@ class DataPlane:
         return await asyncio.to_thread(decode)
 
     async def decode_files(self, model: LoadedModel, payloads: list[bytes]) -> np.ndarray:
-        self._check_count(len(payloads))
+        self.check_count(len(payloads))
         spec, max_pixels = model.manifest.input, self.settings.max_image_pixels
 
         def decode() -> np.ndarray:

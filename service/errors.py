@@ -95,6 +95,25 @@ class EngineFailure(ServiceError):
     code = "engine_error"
 
 
+class AdminDisabled(ServiceError):
+    status_code = 403
+    code = "admin_disabled"
+
+
+class Conflict(ServiceError):
+    """The request is valid but would break an invariant of the service (e.g. unloading the default model)."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class LoadFailed(ServiceError):
+    """A bundle asked for by name could not be loaded (hash check, manifest, sessions or warm-up failed)."""
+
+    status_code = 400
+    code = "load_failed"
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors():

@@ -153,6 +153,13 @@ class ServiceMetrics:
             ["model", "version", "provider", "default_samples"],
             registry=r,
         )
+        self.model_loads = Counter(
+            f"{PREFIX}_model_loads_total",
+            "Bundle versions loaded, refused (manifest, hash check, sessions, warm-up), replaced by a reload of "
+            "the same version, and unloaded.",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
 
     def observe_predictions(
         self,

@@ -105,7 +105,7 @@ class Endpoints:
             raise NotReady(
                 "the service is shutting down" if self.dataplane.draining else "models are still loading"
             )
-        return JSONResponse({"status": "ready", "models": [m.name for m in self.dataplane.registry.models()]})
+        return JSONResponse({"status": "ready", "models": self.dataplane.registry.names()})
 
     async def list_models(self) -> ModelList:
         return self.dataplane.list_models()

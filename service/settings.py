@@ -26,6 +26,20 @@ class Settings(BaseSettings):
     """Folder of bundles laid out as `<name>/<version>/manifest.json`."""
     default_model: str = "mnist-rse-apudae"
     """Bundle served by `POST /v1/predict`; the service is not ready unless it loads."""
+    version_policy: Literal["latest", "all", "specific"] = "latest"
+    """Which versions of each bundle are served: the highest `latest_versions` that load, every one, or
+    those listed in `model_versions`. Requests that name no version get the highest served one."""
+    latest_versions: int = Field(default=1, ge=1)
+    """With the `latest` policy: how many of the highest loadable versions of each bundle serve at once."""
+    model_versions: dict[str, list[int]] = Field(default_factory=dict)
+    """With the `specific` policy: name -> versions, e.g. `{"mnist-rse-apudae": [1, 2]}` (JSON in the
+    environment); bundles not listed serve their latest version."""
+    repository_poll_seconds: float = Field(default=0.0, ge=0.0)
+    """Rescan the repository this often and swap in new or changed versions (0: scan only at start-up).
+    Old versions drain: requests already running on them finish there."""
+    admin_api: bool = False
+    """Enable `POST /v2/repository/models/{name}/load` and `/unload` (403 while off). Anyone who can reach
+    the port can then reload models, so keep it off where the port is exposed."""
 
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     """Execution provider: `auto` takes CUDA when onnxruntime offers it, else CPU; `cuda` falls back to CPU

@@ -8,19 +8,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, assert_error
 
 GOOD_PNG = (EXAMPLES / "digit-1.png").read_bytes()
 ZEROS = np.zeros((28, 28)).tolist()
-
-
-def assert_error(response, status: int, *fragments: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert isinstance(body["error"], str) and body["code"]
-    for fragment in fragments:
-        assert fragment in body["error"], body
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from PIL import Image
 from service.batching import Batcher, BatchingConfig
 from service.errors import EngineFailure, QueueFull
 from service.metrics import ServiceMetrics
-from service.registry import LoadedModel, load_bundle
+from service.registry import LoadedModel, LoadOptions, load_bundle
 from tests.conftest import EXAMPLES, bundle_dir
 
 pytestmark = pytest.mark.anyio
@@ -26,14 +26,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def model() -> LoadedModel:
-    return load_bundle(
-        bundle_dir(),
-        providers=["CPUExecutionProvider"],
-        intra_op_threads=0,
-        seed=None,
-        warmup=True,
-        skip_z=0.0,
-    )
+    return load_bundle(bundle_dir(), LoadOptions(["CPUExecutionProvider"], skip_z=0.0))
 
 
 def digit(d: int) -> np.ndarray:

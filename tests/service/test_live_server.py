@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,48 +11,13 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import DEFAULT_MODEL, EXAMPLES, REPO_ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(**settings: str) -> tuple[subprocess.Popen, str]:
-    """`python -m service` on a free loopback port with DEFENDED_* settings, once /readyz answers 200."""
-    port = free_port()
-    env = {**os.environ, "DEFENDED_PORT": str(port), "DEFENDED_HOST": "127.0.0.1"}
-    env.update({f"DEFENDED_{key.upper()}": value for key, value in settings.items()})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, process.stdout.read().decode()
-        time.sleep(0.2)
-    process.kill()
-    pytest.fail("service did not become ready within 60 s")
+from tests.conftest import DEFAULT_MODEL, EXAMPLES, serve
 
 
 @pytest.fixture(scope="module")
-def live_server() -> Iterator[str]:
-    process, url = start_server(max_body_bytes="65536")
-    yield url
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0
-    assert b"Application shutdown complete" in process.stdout.read()
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve(tmp_path_factory.mktemp("live"), DEFENDED_MAX_BODY_BYTES="65536") as server:
+        yield server.url
 
 
 def _post_example(url: str, name: str) -> dict:
@@ -97,45 +58,39 @@ def test_streamed_body_over_the_limit_is_refused(live_server: str) -> None:
     assert httpx.get(f"{live_server}/healthz").status_code == 200
 
 
-def test_sigterm_drains_in_flight_work_and_exits_zero() -> None:
+def test_sigterm_drains_in_flight_work_and_exits_zero(tmp_path) -> None:
     """SIGTERM while a slow request runs: it still gets its 200, nothing new is accepted, exit status 0."""
-    process, url = start_server()
     noise = np.random.default_rng(0).random((32, 28, 28)).tolist()  # far from digits: every image is purified
-    with ThreadPoolExecutor(1) as pool:
+    with serve(tmp_path) as server, ThreadPoolExecutor(1) as pool:
         slow = pool.submit(
-            httpx.post, f"{url}/v1/predict", json={"instances": noise, "samples": 64}, timeout=60
+            httpx.post, f"{server.url}/v1/predict", json={"instances": noise, "samples": 64}, timeout=60
         )
         time.sleep(0.5)
         assert not slow.done(), "the request should still be running when the signal arrives"
-        process.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         with pytest.raises(httpx.TransportError):  # the listening socket is closed at once
-            httpx.get(f"{url}/readyz", timeout=2)
+            httpx.get(f"{server.url}/readyz", timeout=2)
         response = slow.result()
-    assert response.status_code == 200 and len(response.json()["predictions"]) == 32
-    assert process.wait(timeout=30) == 0
-    log = process.stdout.read().decode()
-    assert "SIGTERM: draining" in log and "Application shutdown complete" in log
+        assert response.status_code == 200 and len(response.json()["predictions"]) == 32
+        assert server.stop() == 0
+    assert "SIGTERM: draining" in server.log()
 
 
-def test_a_request_whose_client_hung_up_never_reaches_the_engine() -> None:
-    process, url = start_server(engine_workers="1")
-    try:
-        noise = np.random.default_rng(1).random((32, 28, 28)).tolist()
-        with ThreadPoolExecutor(1) as pool:
-            slow = pool.submit(
-                httpx.post, f"{url}/v1/predict", json={"instances": noise, "samples": 64}, timeout=60
-            )
-            time.sleep(0.3)  # the slow call now holds the only engine thread
-            with pytest.raises(httpx.ReadTimeout):
-                httpx.post(f"{url}/v1/predict", json={"instances": noise[:1]}, timeout=0.5)
-            assert slow.result().status_code == 200
+def test_a_request_whose_client_hung_up_never_reaches_the_engine(tmp_path) -> None:
+    noise = np.random.default_rng(1).random((32, 28, 28)).tolist()
+    with serve(tmp_path, DEFENDED_ENGINE_WORKERS="1") as server, ThreadPoolExecutor(1) as pool:
+        url = server.url
+        slow = pool.submit(
+            httpx.post, f"{url}/v1/predict", json={"instances": noise, "samples": 64}, timeout=60
+        )
+        time.sleep(0.3)  # the slow call now holds the only engine thread
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/predict", json={"instances": noise[:1]}, timeout=0.5)
+        assert slow.result().status_code == 200
         time.sleep(0.2)
         metrics = httpx.get(f"{url}/metrics").text
-        dropped = [line for line in metrics.splitlines() if line.startswith("defended_queue_dropped_total{")]
-        assert dropped and dropped[0].endswith(" 1.0"), dropped
-        # the slow request ran alone: the abandoned one was never merged into an engine call
-        assert 'defended_engine_batch_images_count{model="mnist-rse-apudae",version="1"} 1.0' in metrics
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+    dropped = [line for line in metrics.splitlines() if line.startswith("defended_queue_dropped_total{")]
+    assert dropped and dropped[0].endswith(" 1.0"), dropped
+    # the slow request ran alone: the abandoned one was never merged into an engine call
+    assert 'defended_engine_batch_images_count{model="mnist-rse-apudae",version="1"} 1.0' in metrics
