@@ -44,6 +44,9 @@ def load_models(settings: Settings, dataplane: DataPlane) -> None:
         dataplane.metrics.model_info.labels(
             model.name, model.version, model.engine.provider, str(model.manifest.rse.default_samples)
         ).set(1)
+        dataplane.metrics.flag_rate_baseline.labels(model.name, model.version).set(
+            model.manifest.metrics.flag_rate_clean
+        )
     dataplane.ready = True
 
 

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     """TCP port uvicorn listens on."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the service and of uvicorn."""
+    graceful_shutdown_seconds: int = Field(default=30, ge=1)
+    """After SIGTERM, how long in-flight requests may finish before uvicorn closes them; the Helm chart's
+    `terminationGracePeriodSeconds` must exceed this plus its preStop pause."""
 
     model_repository: Path = REPO_ROOT / "model_repository"
     """Folder of bundles laid out as `<name>/<version>/manifest.json`."""
