@@ -30,7 +30,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "autoscaling": {"enabled": False},
         "metrics": {"podAnnotations": True},
     },
-    "oci-image": {"modelRepository": {"source": "ociImage", "ociImage": {"reference": "registry.example.com/bundles:1"}}},
+    "oci-image": {
+        "modelRepository": {"source": "ociImage", "ociImage": {"reference": "registry.example.com/bundles:1"}}
+    },
 }
 
 

@@ -27,7 +27,7 @@ from tests.deploy.conftest import (
     render,
 )
 
-BASE_KINDS = {"ConfigMap", "Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"}
+BASE_KINDS = {"ConfigMap", "Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "NetworkPolicy"}
 
 
 def _container(rendered: Rendered) -> dict[str, Any]:
