@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -64,3 +72,47 @@ def encode_image(pixels: np.ndarray, image_format: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=image_format)
     return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_service(**env: str) -> Iterator[str]:
+    """`python -m service` as a user starts it (what `make serve` runs), on loopback; yields its base URL.
+
+    `env` adds `DEFENDED_*` variables. On exit the process gets SIGTERM and must shut down gracefully.
+    """
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "DEFENDED_PORT": str(port), "DEFENDED_HOST": "127.0.0.1", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stdout.read().decode()
+            time.sleep(0.2)
+        else:
+            pytest.fail("service did not become ready within 60 s")
+        yield url
+        process.send_signal(signal.SIGTERM)
+        # NOTE: uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status is -SIGTERM.
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert b"Application shutdown complete" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

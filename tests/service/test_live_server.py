@@ -2,60 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import DEFAULT_MODEL, EXAMPLES, REPO_ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import DEFAULT_MODEL, EXAMPLES, running_service
 
 
 @pytest.fixture(scope="module")
 def live_server() -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "DEFENDED_PORT": str(port),
-        "DEFENDED_HOST": "127.0.0.1",
-        "DEFENDED_MAX_BODY_BYTES": "65536",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, process.stdout.read().decode()
-        time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("service did not become ready within 60 s")
-    yield url
-    process.send_signal(signal.SIGTERM)
-    # NOTE: uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status is -SIGTERM.
-    assert process.wait(timeout=30) in (0, -signal.SIGTERM)
-    assert b"Application shutdown complete" in process.stdout.read()
+    with running_service(DEFENDED_MAX_BODY_BYTES="65536") as url:
+        yield url
 
 
 def _post_example(url: str, name: str) -> dict:
