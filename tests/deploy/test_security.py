@@ -84,18 +84,19 @@ def _stages(dockerfile: str) -> dict[str, str]:
     return stages
 
 
-def test_runtime_stages_run_unprivileged_with_exec_entrypoint_and_no_build_tools() -> None:
+def test_runtime_stage_runs_unprivileged_with_exec_entrypoint_and_no_pip() -> None:
     stages = _stages((REPO_ROOT / "Dockerfile").read_text())
-    assert set(stages) == {"build-cpu", "cpu", "build-gpu", "gpu"}
-    for name in ("cpu", "gpu"):
-        runtime = stages[name]
-        assert "USER 10001:10001" in runtime, name
-        assert 'ENTRYPOINT ["python", "-m", "service"]' in runtime, name
-        assert "HEALTHCHECK" in runtime and "/healthz" in runtime, name
-        # The runtime stage installs nothing with pip: it copies the builder's venv, whose pip is removed.
-        assert "pip install" not in runtime and "COPY --from=build-" in runtime, name
-    for name in ("build-cpu", "build-gpu"):
-        assert "pip uninstall --yes pip" in stages[name], name
+    assert set(stages) == {"python-cpu", "python-gpu", "build", "base-cpu", "base-gpu", "runtime"}
+    runtime = stages["runtime"]
+    assert "USER 10001:10001" in runtime
+    assert 'ENTRYPOINT ["python", "-m", "service"]' in runtime
+    assert "HEALTHCHECK" in runtime and "/healthz" in runtime
+    # The runtime installs nothing with pip: it copies the builder's venv, whose pip is removed, onto a base
+    # whose own Python has no pip either (python:slim's is uninstalled; Ubuntu's python3 comes without).
+    assert "pip install" not in runtime and "COPY --from=build /opt/venv /opt/venv" in runtime
+    assert "pip uninstall --yes pip" in stages["build"]
+    assert "pip uninstall --yes --disable-pip-version-check pip" in stages["base-cpu"]
+    assert "python3-venv" not in stages["base-gpu"]
     # The build context is an allow-list: training code, tests and local venvs cannot reach the image.
     allowed = [
         line[1:].rstrip("/")
