@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: serve test models examples bench soak lint format clean
+.PHONY: serve test check-deploy models examples bench soak lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ $(VENV)/.serve-deps: pyproject.toml | $(BIN)/python
 
 $(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
 	$(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH_SPEC)'
-	$(PIP) -e '.[cpu,train,dev]'
+	$(PIP) -e '.[cpu,train,dev,deploy]'
+	touch $@ $(VENV)/.serve-deps $(VENV)/.deploy-deps
+
+$(VENV)/.deploy-deps: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[cpu,dev,deploy]'
 	touch $@ $(VENV)/.serve-deps
 
 serve: $(VENV)/.serve-deps  ## start the service on the shipped default bundle
@@ -30,6 +34,11 @@ serve: $(VENV)/.serve-deps  ## start the service on the shipped default bundle
 
 test: $(VENV)/.dev-deps  ## run the whole test suite
 	$(BIN)/python -m pytest
+
+# Part of `make test` too; this runs only the deployment checks, without installing torch. Tools missing here
+# (Prometheus from apt, checkov in its own venv) are installed by the tests or skipped with the reason.
+check-deploy: $(VENV)/.deploy-deps  ## lint, render, validate and scan the Dockerfile, Helm chart, dashboard and alerts
+	$(BIN)/python -m pytest tests/deploy
 
 models: $(VENV)/.dev-deps  ## retrain and re-export the shipped bundle(s)
 	$(BIN)/python -m export.mnist_rse --out model_repository --name mnist-rse-apudae --purifier --examples examples

@@ -25,7 +25,7 @@ def main() -> None:
         log_level=settings.log_level,
         log_config=None,  # our handlers (service.logs) format uvicorn's records too
         access_log=False,  # service.access writes one access line per request, with its request id
-        timeout_graceful_shutdown=int(settings.drain_seconds),
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
     )
     server = DrainingServer(config, on_drain=app.state.dataplane.start_draining)
     server.run()

@@ -78,6 +78,9 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
         self._closing = False
         self._labels = (model.name, model.version)
+        # counters start at 0 for each model version, so that rate() and alerts see them before the first event
+        for counter in (metrics.queue_rejected, metrics.queue_dropped):
+            counter.labels(*self._labels)
 
     @property
     def model(self) -> LoadedModel:

@@ -8,7 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 PREFIX = "defended"
@@ -23,6 +30,8 @@ class ServiceMetrics:
         disable_created_metrics()
         self.registry = CollectorRegistry()
         r = self.registry
+        # NOTE: process CPU and memory feed the dashboard's utilisation panels where no cAdvisor is scraped.
+        ProcessCollector(registry=r)
         self.requests = Counter(
             f"{PREFIX}_http_requests_total",
             "HTTP requests by route template, method and status code.",
@@ -158,6 +167,13 @@ class ServiceMetrics:
             "Bundle versions loaded, refused (manifest, hash check, sessions, warm-up), replaced by a reload of "
             "the same version, and unloaded.",
             ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.flag_rate_baseline = Gauge(
+            f"{PREFIX}_flag_rate_baseline",
+            "Share of clean held-out inputs the flag fires on (the bundle's measured false-positive rate); "
+            "the flagged-rate alert compares live traffic with it.",
+            ["model", "version"],
             registry=r,
         )
 

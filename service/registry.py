@@ -322,6 +322,7 @@ class ModelRegistry:
             self.metrics.model_info.labels(
                 name, version, model.engine.provider, str(model.manifest.rse.default_samples)
             ).set(1)
+            self.metrics.flag_rate_baseline.labels(name, version).set(model.manifest.metrics.flag_rate_clean)
         return model
 
     def _publish(self, changes: dict[str, dict[str, LoadedModel]]) -> None:
@@ -354,6 +355,7 @@ class ModelRegistry:
                 self.metrics.model_info.remove(
                     name, version, model.engine.provider, str(model.manifest.rse.default_samples)
                 )
+                self.metrics.flag_rate_baseline.remove(name, version)
 
     def _count(self, name: str, version: str, outcome: str) -> None:
         if self.metrics is not None:

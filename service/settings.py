@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     """TCP port uvicorn listens on."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the service and of uvicorn."""
+    graceful_shutdown_seconds: int = Field(default=30, ge=1)
+    """After SIGTERM, how long in-flight requests may finish before uvicorn closes them; the Helm chart's
+    `terminationGracePeriodSeconds` must exceed this plus its preStop pause."""
 
     model_repository: Path = REPO_ROOT / "model_repository"
     """Folder of bundles laid out as `<name>/<version>/manifest.json`."""
@@ -71,10 +74,6 @@ class Settings(BaseSettings):
     noise must stay unpredictable to clients, so by default every session draws a fresh seed from the OS."""
     warmup: bool = True
     """Run one engine call per model before reporting ready."""
-
-    drain_seconds: float = Field(default=25.0, gt=0)
-    """On SIGTERM, how long accepted requests get to finish before the process stops anyway; keep it
-    below the pod's terminationGracePeriodSeconds minus its preStop pause."""
 
     request_timeout_seconds: float = Field(default=30.0, gt=0)
     """A prediction not answered by then gets 504; if it is still queued it never reaches the engine."""
