@@ -9,7 +9,10 @@ PORT ?= 8000
 # without a local CPU wheel, set TORCH_INDEX=https://download.pytorch.org/whl/cpu.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# `make test CONSTRAINTS=constraints.txt` installs exactly the versions the development machine resolved
+# (some, like onnxruntime 1.32, come from its local wheel index and may be newer than a public index has).
+CONSTRAINTS ?=
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 .PHONY: serve test check-deploy models examples bench soak lint format clean
 
