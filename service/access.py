@@ -1,4 +1,5 @@
-"""The outermost middleware: request id, authentication, per-client rate limit and accounting, access log.
+"""The outermost middleware: request id, authentication, per-client rate limit and accounting, the HTTP
+request metrics and the access log.
 
 Per-client figures (requests, rejections, flagged inputs) are what makes a query-based black-box attack
 visible: many near-duplicate queries from one client with a high flag rate. Clients are named by API key
@@ -96,8 +97,14 @@ class AccessMiddleware:
                 return
             await self.app(scope, receive, send_with_id)
         finally:
-            route = getattr(scope.get("route"), "path", scope["path"])
-            latency_ms = round((time.perf_counter() - started) * 1000, 2)
+            seconds = time.perf_counter() - started
+            # NOTE: metrics are labelled by route *template* ("unmatched" when none), so that request paths
+            # cannot blow up their cardinality; the log line can name the path itself.
+            template = getattr(scope.get("route"), "path", None)
+            self.metrics.requests.labels(template or "unmatched", scope["method"], str(status)).inc()
+            self.metrics.request_latency.labels(template or "unmatched", scope["method"]).observe(seconds)
+            route = template or scope["path"]
+            latency_ms = round(seconds * 1000, 2)
             log.info(
                 "%s %s %s %.1fms",
                 scope["method"],

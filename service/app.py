@@ -15,7 +15,7 @@ from service.auth import KeyRing
 from service.dataplane import DataPlane
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.middleware import BodyLimitMiddleware
 from service.ratelimit import RateLimiter
 from service.registry import LoadOptions, ModelRegistry, poll
 from service.repository import VersionPolicy
@@ -90,7 +90,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(build_v2_router(dataplane))
     # NOTE: the last one added runs first: access control and request ids wrap everything else.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(
         AccessMiddleware,
         keys=KeyRing(settings.client_keys(), settings.admin_keys()),

@@ -65,15 +65,19 @@ class NotReady(ServiceError):
     code = "not_ready"
 
 
-class QueueFull(ServiceError):
-    """Backpressure: the model's queue is full (or draining); the client should retry after a pause."""
-
-    status_code = 503
-    code = "overloaded"
+class RetryLater(ServiceError):
+    """A refusal the client should retry after `retry_after` seconds (sent as the Retry-After header)."""
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message, retry_after=retry_after)
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class QueueFull(RetryLater):
+    """Backpressure: the model's queue is full (or draining)."""
+
+    status_code = 503
+    code = "overloaded"
 
 
 class ClientGone(ServiceError):

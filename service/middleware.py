@@ -1,4 +1,4 @@
-"""ASGI middleware: request-body size limit and per-route HTTP metrics.
+"""ASGI middleware: the request-body size limit, and the JSON answer middleware gives before the app runs.
 
 Both are plain ASGI (not `BaseHTTPMiddleware`) so bodies stream through without being buffered twice.
 """
@@ -6,12 +6,10 @@ Both are plain ASGI (not `BaseHTTPMiddleware`) so bodies stream through without 
 from __future__ import annotations
 
 import json
-import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLarge
-from service.metrics import ServiceMetrics
 
 
 class BodyLimitMiddleware:
@@ -47,35 +45,6 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
-
-
-class MetricsMiddleware:
-    """Count requests and time them, labelled by route *template* so that paths cannot explode cardinality."""
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"]
-            self.metrics.requests.labels(route, method, str(status)).inc()
-            self.metrics.request_latency.labels(route, method).observe(time.perf_counter() - started)
 
 
 async def send_json(send: Send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:

@@ -7,16 +7,12 @@ import math
 import time
 from collections import OrderedDict
 
-from service.errors import ServiceError
+from service.errors import RetryLater
 
 
-class RateLimited(ServiceError):
+class RateLimited(RetryLater):
     status_code = 429
     code = "rate_limited"
-
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message, retry_after=retry_after)
-        self.headers = {"Retry-After": str(retry_after)}
 
 
 class RateLimiter:
