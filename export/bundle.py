@@ -17,7 +17,8 @@ def graph_entry(bundle_dir: Path, filename: str, inputs: list[str], outputs: lis
 def invoking_command() -> str:
     """The command line that is running, as a user would retype it (`python -m export.x ...`)."""
     module = sys.modules["__main__"].__spec__
-    head = ["python", "-m", module.name] if module is not None else ["python", sys.argv[0]]
+    name = module.name.removesuffix(".__main__") if module is not None else None
+    head = ["python", "-m", name] if name is not None else ["python", sys.argv[0]]
     return shlex.join(head + sys.argv[1:])
 
 
