@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 THREATS = ("transfer", "adaptive", "blackbox")
+_NOT_SHAPING = {"preset", "threats", "budgets", "sanity"}
 PurifierGradient = Literal["bpda", "exact"]
 
 
@@ -62,8 +63,13 @@ class EvalConfig:
     seed: int = 0
 
     def key(self) -> str:
-        """Short hash of every setting: cached results are reused only under the same configuration."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Short hash of the settings that shape an attack's result: a cached cell is reused only under the
+        same ones. Image counts, budgets and the choice of threat models are left out (a cell's own key
+        names its images and strength), so widening a run re-runs only the new cells."""
+        shaping = {
+            k: v for k, v in asdict(self).items() if k not in _NOT_SHAPING and not k.endswith("_images")
+        }
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
 
 
 PRESETS: dict[str, EvalConfig] = {
