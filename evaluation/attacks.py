@@ -16,7 +16,7 @@ import numpy as np
 
 from evaluation.config import EvalConfig
 
-Builder = Callable[[Any, float | None, EvalConfig], tuple[Any, dict[str, Any]]]
+Settings = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -26,128 +26,122 @@ class Attack:
     """White-box (transfer and adaptive threat models) or score/decision-based (black-box, over HTTP)."""
     strength: str | None
     """What the strengths are: "epsilon", "constant", or None for a minimum-norm attack."""
-    build: Builder
+    settings: Callable[[EvalConfig], Settings]
+    """Every setting the attack runs with: recorded with each result and part of its cache key."""
+    build: Callable[[Any, float | None, Settings], Any]
+    """(ART estimator, strength, settings) -> the ART attack."""
 
-    def strengths(self, config: EvalConfig, budgets: tuple[float, ...]) -> list[float | None]:
+    def strengths(self, config: EvalConfig, budgets: tuple[float, ...], threat: str) -> list[float | None]:
         if self.strength == "epsilon":
             return list(budgets)
         if self.strength == "constant":
-            return list(config.cw.constants)
+            return list(config.cw.constants if threat == "transfer" else config.cw.adaptive_constants)
         return [None]
 
 
-def _fgsm(estimator: Any, epsilon: float | None, config: EvalConfig) -> tuple[Any, dict[str, Any]]:
+def _fgsm(estimator: Any, epsilon: float | None, settings: Settings) -> Any:
     from art.attacks.evasion import FastGradientMethod
 
-    return FastGradientMethod(estimator, norm=np.inf, eps=epsilon, batch_size=config.batch_size), {}
+    return FastGradientMethod(estimator, norm=np.inf, eps=epsilon, batch_size=settings["batch_size"])
 
 
-def _pgd(estimator: Any, epsilon: float | None, config: EvalConfig) -> tuple[Any, dict[str, Any]]:
+def _pgd_settings(config: EvalConfig) -> Settings:
+    # NOTE: Madry et al.'s step size, 2.5 ε / steps, lets the iterate cross the ball from a random start.
+    return {
+        "steps": config.pgd_steps,
+        "step_size": "2.5 ε / steps",
+        "random_starts": 1,
+        "batch_size": config.batch_size,
+    }
+
+
+def _pgd(estimator: Any, epsilon: float | None, settings: Settings) -> Any:
     from art.attacks.evasion import ProjectedGradientDescent
 
     assert epsilon is not None
-    # NOTE: Madry et al.'s step size, 2.5 ε / steps, lets the iterate cross the ball from a random start.
-    params = {"steps": config.pgd_steps, "step_size": 2.5 * epsilon / config.pgd_steps, "random_starts": 1}
-    attack = ProjectedGradientDescent(
+    return ProjectedGradientDescent(
         estimator,
         norm=np.inf,
         eps=epsilon,
-        eps_step=params["step_size"],
-        max_iter=config.pgd_steps,
-        num_random_init=1,
-        batch_size=config.batch_size,
+        eps_step=2.5 * epsilon / settings["steps"],
+        max_iter=settings["steps"],
+        num_random_init=settings["random_starts"],
+        batch_size=settings["batch_size"],
         verbose=False,
     )
-    return attack, params
 
 
-def _carlini_wagner(estimator: Any, constant: float | None, config: EvalConfig) -> tuple[Any, dict[str, Any]]:
-    from art.attacks.evasion import CarliniL2Method
-
+def _cw_settings(config: EvalConfig) -> Settings:
     cw = config.cw
-    params = {
-        "constant": constant,
+    return {
         "confidence": cw.confidence,
         "binary_search_steps": 1,
         "max_iter": cw.max_iter,
         "learning_rate": cw.learning_rate,
+        "max_halving": cw.max_halving,
+        "max_doubling": cw.max_doubling,
+        "batch_size": config.batch_size,
     }
-    attack = CarliniL2Method(
-        estimator,
-        confidence=cw.confidence,
-        learning_rate=cw.learning_rate,
-        binary_search_steps=1,
-        max_iter=cw.max_iter,
-        initial_const=constant,
-        max_halving=cw.max_halving,
-        max_doubling=cw.max_doubling,
-        batch_size=config.batch_size,
-        verbose=False,
-    )
-    return attack, params
 
 
-def _deepfool(estimator: Any, _: float | None, config: EvalConfig) -> tuple[Any, dict[str, Any]]:
+def _carlini_wagner(estimator: Any, constant: float | None, settings: Settings) -> Any:
+    from art.attacks.evasion import CarliniL2Method
+
+    return CarliniL2Method(estimator, initial_const=constant, verbose=False, **settings)
+
+
+def _deepfool_settings(config: EvalConfig) -> Settings:
+    return {
+        "max_iter": config.deepfool_max_iter,
+        "epsilon": config.deepfool_overshoot,
+        "nb_grads": 10,
+        "batch_size": config.batch_size,
+    }
+
+
+def _deepfool(estimator: Any, _: float | None, settings: Settings) -> Any:
     from art.attacks.evasion import DeepFool
 
-    params = {"max_iter": config.deepfool_max_iter, "overshoot": config.deepfool_overshoot, "nb_grads": 10}
-    attack = DeepFool(
-        estimator,
-        max_iter=config.deepfool_max_iter,
-        epsilon=config.deepfool_overshoot,
-        nb_grads=10,
-        batch_size=config.batch_size,
-        verbose=False,
-    )
-    return attack, params
+    return DeepFool(estimator, verbose=False, **settings)
 
 
-def _square(estimator: Any, epsilon: float | None, config: EvalConfig) -> tuple[Any, dict[str, Any]]:
+def _square_settings(config: EvalConfig) -> Settings:
+    return {
+        "max_iter": config.square_max_iter,
+        "p_init": 0.8,
+        "nb_restarts": 1,
+        "batch_size": config.batch_size,
+    }
+
+
+def _square(estimator: Any, epsilon: float | None, settings: Settings) -> Any:
     from art.attacks.evasion import SquareAttack
 
-    params = {"max_iter": config.square_max_iter, "p_init": 0.8, "restarts": 1}
-    attack = SquareAttack(
-        estimator,
-        norm=np.inf,
-        eps=epsilon,
-        max_iter=config.square_max_iter,
-        p_init=0.8,
-        nb_restarts=1,
-        batch_size=config.batch_size,
-        verbose=False,
-    )
-    return attack, params
+    return SquareAttack(estimator, norm=np.inf, eps=epsilon, verbose=False, **settings)
 
 
-def _hop_skip_jump(estimator: Any, _: float | None, config: EvalConfig) -> tuple[Any, dict[str, Any]]:
-    from art.attacks.evasion import HopSkipJump
-
-    params = {
-        "norm": "Linf",
+def _hsj_settings(config: EvalConfig) -> Settings:
+    return {
         "max_iter": config.hsj_max_iter,
         "max_eval": config.hsj_max_eval,
         "init_eval": config.hsj_init_eval,
+        "init_size": 100,
+        "batch_size": 64,
     }
-    attack = HopSkipJump(
-        estimator,
-        targeted=False,
-        norm=np.inf,
-        max_iter=config.hsj_max_iter,
-        max_eval=config.hsj_max_eval,
-        init_eval=config.hsj_init_eval,
-        init_size=100,
-        batch_size=64,
-        verbose=False,
-    )
-    return attack, params
 
 
-FGSM = Attack("FGSM", True, "epsilon", _fgsm)
-PGD = Attack("PGD", True, "epsilon", _pgd)
-CW = Attack("CW-L2", True, "constant", _carlini_wagner)
-DEEPFOOL = Attack("DeepFool", True, None, _deepfool)
-SQUARE = Attack("Square", False, "epsilon", _square)
-HOP_SKIP_JUMP = Attack("HopSkipJump", False, None, _hop_skip_jump)
+def _hop_skip_jump(estimator: Any, _: float | None, settings: Settings) -> Any:
+    from art.attacks.evasion import HopSkipJump
+
+    return HopSkipJump(estimator, targeted=False, norm=np.inf, verbose=False, **settings)
+
+
+FGSM = Attack("FGSM", True, "epsilon", lambda c: {"batch_size": c.batch_size}, _fgsm)
+PGD = Attack("PGD", True, "epsilon", _pgd_settings, _pgd)
+CW = Attack("CW-L2", True, "constant", _cw_settings, _carlini_wagner)
+DEEPFOOL = Attack("DeepFool", True, None, _deepfool_settings, _deepfool)
+SQUARE = Attack("Square", False, "epsilon", _square_settings, _square)
+HOP_SKIP_JUMP = Attack("HopSkipJump", False, None, _hsj_settings, _hop_skip_jump)
 
 WHITE_BOX = (FGSM, PGD, CW, DEEPFOOL)
 BLACK_BOX = (SQUARE, HOP_SKIP_JUMP)

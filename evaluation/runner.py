@@ -11,6 +11,7 @@ Threat models:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -64,12 +65,29 @@ class Cell:
     variant: str = ""
     """Non-empty for the sanity checks' extra runs ("large ε", "2x steps", "2x EoT")."""
 
+    def settings(self) -> dict[str, Any]:
+        """The attack's own settings and the run settings that shape its result."""
+        shaping = {
+            **self.attack.settings(self.config),
+            "seed": self.config.seed,
+            "samples": self.config.samples,
+            "surrogate_epochs": self.config.surrogate_epochs,
+        }
+        if self.threat == "adaptive" and self.source != UNDEFENDED:
+            shaping |= {
+                "eot_samples": self.config.eot_samples,
+                "purifier_gradient": self.config.purifier_gradient,
+            }
+        return shaping
+
     def key(self) -> str:
+        """File name of the cached result: what, where, on how many images, and a hash of the settings, so
+        a cell is reused only under the same settings while a wider run re-runs only its new cells."""
         strength = "none" if self.strength is None else f"{self.strength:g}"
         variant = self.variant.replace(" ", "").replace("ε", "eps")
-        return "-".join(
-            x for x in (self.threat, self.attack.name, strength, self.source, variant, str(self.images)) if x
-        ).replace("+", "_")
+        digest = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:10]
+        parts = (self.threat, self.attack.name, strength, self.source, variant, str(self.images), digest)
+        return "-".join(x for x in parts if x).replace("+", "_").replace(":", "_")
 
 
 @dataclass
@@ -147,7 +165,7 @@ class Evaluation:
 
         if "transfer" in config.threats:
             for attack in A.WHITE_BOX:
-                for strength in attack.strengths(config, budgets):
+                for strength in attack.strengths(config, budgets, "transfer"):
                     n = count(attack, config.transfer_images)
                     cells.append(
                         Cell("transfer", attack, strength, UNDEFENDED, tuple(self.systems), n, config)
@@ -155,7 +173,7 @@ class Evaluation:
         if "adaptive" in config.threats:
             for name in self.systems:
                 for attack in A.WHITE_BOX:
-                    for strength in attack.strengths(config, budgets):
+                    for strength in attack.strengths(config, budgets, "adaptive"):
                         n = count(attack, config.adaptive_images)
                         cells.append(Cell("adaptive", attack, strength, name, (name,), n, config))
             if config.sanity:
@@ -166,7 +184,7 @@ class Evaluation:
                     continue
                 for attack in A.BLACK_BOX:
                     n = config.hsj_images if attack is A.HOP_SKIP_JUMP else config.blackbox_images
-                    for strength in attack.strengths(config, budgets):
+                    for strength in attack.strengths(config, budgets, "blackbox"):
                         cells.append(Cell("blackbox", attack, strength, f"http:{name}", (name,), n, config))
         return cells
 
@@ -222,15 +240,10 @@ class Evaluation:
                 cell.config.eot_samples, cell.config.purifier_gradient
             )
         estimator = art_classifier(model, self.manifest.input.shape, len(self.manifest.classes))
-        attack, params = cell.attack.build(estimator, cell.strength, cell.config)
+        attack = cell.attack.build(estimator, cell.strength, cell.attack.settings(cell.config))
         adversarial = A.run_attack(attack, images, labels, cell.config.seed)
         outcomes = {name: self.systems[name].outcome(adversarial) for name in cell.systems}
-        params = {
-            **params,
-            "eot_samples": cell.config.eot_samples,
-            "purifier_gradient": cell.config.purifier_gradient,
-        }
-        return self._result(cell, images, labels, adversarial, outcomes, params, {})
+        return self._result(cell, images, labels, adversarial, outcomes, cell.settings(), {})
 
     def _connect(self, stack: contextlib.ExitStack) -> dict[str, tuple[RemoteModel, Outcome]]:
         url = self.service_url or stack.enter_context(
@@ -257,7 +270,7 @@ class Evaluation:
             len(self.manifest.classes),
             clip_values=(0.0, 1.0),
         )
-        attack, params = cell.attack.build(estimator, cell.strength, cell.config)
+        attack = cell.attack.build(estimator, cell.strength, cell.attack.settings(cell.config))
         queries, requests = remote.queries, remote.requests
         adversarial = A.run_attack(attack, images, labels, cell.config.seed)
         spent = {
@@ -272,7 +285,7 @@ class Evaluation:
             labels,
             adversarial,
             {cell.systems[0]: outcome},
-            params,
+            cell.settings(),
             spent,
             _prefix(clean, len(images)),
         )
@@ -323,9 +336,8 @@ class Evaluation:
     def _cache_paths(self, cell: Cell) -> tuple[Path, Path] | None:
         if self.cache_dir is None:
             return None
-        folder = (
-            self.cache_dir / "cells" / f"{self.manifest.graphs['ensemble'].sha256[:12]}-{self.config.key()}"
-        )
+        graphs = "".join(graph.sha256 for _, graph in sorted(self.manifest.graphs.items()))
+        folder = self.cache_dir / "cells" / hashlib.sha256(graphs.encode()).hexdigest()[:12]
         return folder / f"{cell.key()}.json", folder / f"{cell.key()}.npz"
 
     def _save(self, result: CellResult) -> None:
