@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, help="data folder for bundles whose data is not packaged")
     parser.add_argument("--cache", type=Path, default=Path("runs/eval"), help="cached cells and surrogate")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    parser.add_argument("--device", default="cpu", help="where the undefended classifier trains (cpu, cuda)")
     parser.add_argument("--machine", default=None, help="how the report names this machine")
     parser.add_argument(
         "--threads",
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         service_url=args.service_url,
         data_dir=args.data,
         threads=args.threads,
+        device=args.device,
     )
     evaluation.run()
     budgets = evaluation.budgets

@@ -110,6 +110,7 @@ class Evaluation:
         service_url: str | None = None,
         data_dir: Path | None = None,
         threads: int = 1,
+        device: str = "cpu",
     ) -> None:
         self.config = config
         self.threads = threads
@@ -128,7 +129,7 @@ class Evaluation:
         if failed:
             raise RuntimeError(f"the torch twin does not match the ONNX graphs: {failed}")
         self.surrogate, self.surrogate_figures = undefended_classifier(
-            self.recipe, split.train, cache_dir, epochs=config.surrogate_epochs
+            self.recipe, self.manifest, split.train, cache_dir, epochs=config.surrogate_epochs, device=device
         )
         self.systems = self._build_systems(bundle_dir)
         self.clean = {name: system.outcome(self.test.images) for name, system in self.systems.items()}

@@ -21,16 +21,24 @@ from torch import nn
 from evaluation.recipes import BundleRecipe
 from models.data import ImageDataset
 from models.train import train_classifier
+from service.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
 
 def undefended_classifier(
-    recipe: BundleRecipe, train: ImageDataset, cache_dir: Path | None, epochs: int | None = None
+    recipe: BundleRecipe,
+    manifest: Manifest,
+    train: ImageDataset,
+    cache_dir: Path | None,
+    epochs: int | None = None,
+    device: str = "cpu",
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained surrogate and how it was made (epochs, seed, seconds, cached or not)."""
-    config = recipe.surrogate if epochs is None else replace(recipe.surrogate, epochs=epochs)
-    model = recipe.classifier(0.0, 0.0)
+    """The trained surrogate (on the CPU) and how it was made (epochs, seed, seconds, cached or not);
+    `device` is where it trains."""
+    config = recipe.surrogate(manifest)
+    config = config if epochs is None else replace(config, epochs=epochs)
+    model = recipe.classifier(manifest, 0.0, 0.0)
     figures: dict[str, Any] = {"epochs": config.epochs, "seed": config.seed, "train_images": len(train)}
     path = None if cache_dir is None else cache_dir / f"undefended-e{config.epochs}-s{config.seed}.pt"
     if path is not None and path.is_file():
@@ -39,8 +47,9 @@ def undefended_classifier(
         return model.eval(), figures | {"cached": str(path)}
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    model = recipe.classifier(0.0, 0.0)
+    model = recipe.classifier(manifest, 0.0, 0.0).to(device)
     train_classifier(model, train, config)
+    model = model.cpu()
     figures["train_seconds"] = round(time.perf_counter() - started, 1)
     log.info("undefended classifier trained in %.1f s", figures["train_seconds"])
     if path is not None:

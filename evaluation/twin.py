@@ -63,7 +63,8 @@ def _drop_folded_batch_norms(module: nn.Module, weights: dict[str, np.ndarray], 
 def load_graph_weights(module: nn.Module, weights: dict[str, np.ndarray], prefix: str) -> nn.Module:
     """Fill `module` from ONNX initializers named `prefix + state_dict key`; every key must be there."""
     _drop_folded_batch_norms(module, weights, prefix)
-    state = module.state_dict()
+    # NOTE: BatchNorm's step counter takes no part in the function, so the graph does not carry it.
+    state = {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
     missing = [key for key in state if f"{prefix}{key}" not in weights]
     if missing:
         raise ValueError(f"the graph has no initializers for {missing[:5]} (prefix {prefix!r})")
@@ -75,13 +76,13 @@ def load_graph_weights(module: nn.Module, weights: dict[str, np.ndarray], prefix
                 f"{prefix}{key}: graph has shape {array.shape}, twin expects {tuple(value.shape)}"
             )
         loaded[key] = torch.from_numpy(array.copy()).to(value.dtype)
-    module.load_state_dict(loaded, strict=True)
+    module.load_state_dict(loaded, strict=False)
     return module.eval()
 
 
 def load_twin(bundle_dir: Path, recipe: BundleRecipe) -> Twin:
     manifest = load_manifest(bundle_dir, verify=True)
-    classifier = recipe.classifier(manifest.rse.sigma_init, manifest.rse.sigma_inner)
+    classifier = recipe.classifier(manifest, manifest.rse.sigma_init, manifest.rse.sigma_inner)
     load_graph_weights(classifier, onnx_weights(bundle_dir / manifest.graphs["ensemble"].path), "classifier.")
     purifier = None
     if manifest.purifier is not None:
@@ -91,7 +92,7 @@ def load_twin(bundle_dir: Path, recipe: BundleRecipe) -> Twin:
         config = PurifierConfig(
             mu=spec.mu, sigma=spec.sigma, steps=spec.steps, lr=spec.lr, epsilon=spec.epsilon
         )
-        purifier = AdaptivePurifier(recipe.dae(), config)
+        purifier = AdaptivePurifier(recipe.dae(manifest), config)
         load_graph_weights(purifier, onnx_weights(bundle_dir / manifest.graphs["purifier"].path), "")
     return Twin(manifest, bundle_dir, classifier.eval(), purifier)
 

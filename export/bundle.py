@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -20,6 +21,13 @@ def invoking_command() -> str:
     name = module.name.removesuffix(".__main__") if module is not None else None
     head = ["python", "-m", name] if name is not None else ["python", sys.argv[0]]
     return shlex.join(head + sys.argv[1:])
+
+
+def recipe_logging() -> None:
+    """INFO logs for a recipe run, without the exporters' chatter."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def write_bundle(bundle_dir: Path, **fields: Any) -> Manifest:
