@@ -10,8 +10,11 @@ PORT ?= 8000
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+BUNDLE ?= model_repository/mnist-rse-apudae/1
+EVAL_ARGS ?=
+CIFAR10_DATA ?= ../shared/data
 
-.PHONY: serve test models examples lint format clean
+.PHONY: serve test models examples eval cifar10 lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +36,12 @@ test: $(VENV)/.dev-deps  ## run the whole test suite
 
 models: $(VENV)/.dev-deps  ## retrain and re-export the shipped bundle(s)
 	$(BIN)/python -m export.mnist_rse --out model_repository --name mnist-rse-apudae --purifier --examples examples
+
+eval: $(VENV)/.dev-deps  ## robustness and detection evaluation of a bundle (reports/<bundle>/); EVAL_ARGS=--quick etc.
+	$(BIN)/python -m evaluation --bundle $(BUNDLE) $(EVAL_ARGS)
+
+cifar10: $(VENV)/.dev-deps  ## train and export the CIFAR-10 bundle (GPU when torch sees one; resumes from runs/cifar10)
+	$(BIN)/python -m export.cifar10_rse --data $(CIFAR10_DATA) --out model_repository --checkpoints runs/cifar10
 
 examples: $(VENV)/.dev-deps  ## rewrite the example images under examples/
 	$(BIN)/python -m export.examples --out examples
