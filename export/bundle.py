@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,16 @@ def invoking_command() -> str:
     return shlex.join(head + sys.argv[1:])
 
 
-def recipe_logging() -> None:
-    """INFO logs for a recipe run, without the exporters' chatter."""
+def run_recipe(build: Callable[[Any], Manifest], args: Any) -> Manifest:
+    """A recipe's `main`: INFO logs without the exporters' chatter, build the bundle, say what was written."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    manifest = build(args)
+    logging.getLogger("export").info(
+        "wrote %s/%s: accuracy %.4f", manifest.name, manifest.version, manifest.metrics.clean_accuracy
+    )
+    return manifest
 
 
 def write_bundle(bundle_dir: Path, **fields: Any) -> Manifest:

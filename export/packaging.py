@@ -41,8 +41,20 @@ class Packaged:
     spec: PurifierSpec | None
     purifier_fields: dict[str, Any] | None
     thresholds: dict[str, float]
+    rse: dict[str, Any]
     calibration: dict[str, Any]
     metrics: dict[str, Any]
+    split_sizes: dict[str, int]
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The manifest sections the recipes share; a recipe adds what describes it (name, data, ...)."""
+        return {
+            "rse": self.rse,
+            "graphs": self.graphs,
+            "purifier": self.purifier_fields,
+            "calibration": self.calibration,
+            "metrics": self.metrics,
+        }
 
 
 def package(
@@ -53,11 +65,14 @@ def package(
     *,
     input_shape: tuple[int, int, int],
     samples: int,
+    max_samples: int,
     target_fpr: float,
     seed: int,
     calibration_data: str,
 ) -> Packaged:
     """Export into a fresh `bundle_dir`, calibrate on `split.calibration`, measure on `split.test`.
+    The classifier carries its RSE noise levels (`sigma_init`, `sigma_inner`), as `RSEClassifier` and
+    `RSEResNet` do.
 
     `purifier` is (DAE, its purification settings, the noise sigma it was trained on), or None for an
     ensemble-only bundle.
@@ -100,6 +115,12 @@ def package(
         spec=spec,
         purifier_fields=fields,
         thresholds=thresholds,
+        rse={
+            "sigma_init": classifier.sigma_init,
+            "sigma_inner": classifier.sigma_inner,
+            "default_samples": samples,
+            "max_samples": max_samples,
+        },
         calibration={
             "target_false_positive_rate": target_fpr,
             "thresholds": thresholds,
@@ -116,5 +137,10 @@ def package(
             "samples": samples,
             "flag_rate_clean": float(flagged(test.scores, thresholds).mean()),
             "measured_with": f"service.pipeline on {ensemble.provider}, onnxruntime, N={samples}",
+        },
+        split_sizes={
+            "train": len(split.train),
+            "calibration": len(split.calibration),
+            "test": len(split.test),
         },
     )
