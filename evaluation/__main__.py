@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from evaluation.attacks import BLACK_BOX, WHITE_BOX
 from evaluation.checks import as_dicts, run_checks, worst_case
 from evaluation.config import PRESETS, THREATS, preset
 from evaluation.report import markdown, plot_accuracy, plot_roc, write_json
@@ -38,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="standard")
     parser.add_argument("--quick", action="store_const", const="quick", dest="preset", help="--preset quick")
     parser.add_argument("--threats", default=",".join(THREATS), help=f"comma-separated subset of {THREATS}")
+    parser.add_argument(
+        "--attacks", help="comma-separated subset of FGSM,PGD,CW-L2,DeepFool,Square,HopSkipJump"
+    )
     parser.add_argument("--transfer-images", type=int)
     parser.add_argument("--adaptive-images", type=int)
     parser.add_argument("--blackbox-images", type=int)
@@ -111,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = preset(
         args.preset,
         threats=tuple(t for t in args.threats.split(",") if t),
+        attacks=tuple(args.attacks.split(",")) if args.attacks else None,
         transfer_images=args.transfer_images,
         adaptive_images=args.adaptive_images,
         blackbox_images=args.blackbox_images,
@@ -124,6 +129,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = set(config.threats) - set(THREATS)
     if unknown:
         raise SystemExit(f"unknown threat models {sorted(unknown)}; choose from {THREATS}")
+    names = [attack.name for attack in (*WHITE_BOX, *BLACK_BOX)]
+    if config.attacks and set(config.attacks) - set(names):
+        raise SystemExit(f"unknown attacks {sorted(set(config.attacks) - set(names))}; choose from {names}")
     import torch
 
     torch.set_num_threads(args.threads)

@@ -39,6 +39,8 @@ class EvalConfig:
     blackbox_images: int
     hsj_images: int
     threats: tuple[str, ...] = THREATS
+    attacks: tuple[str, ...] | None = None
+    """Names of the attacks to run (FGSM, PGD, CW-L2, DeepFool, Square, HopSkipJump); None: all."""
     budgets: tuple[float, ...] | None = None
     """L∞ budgets; None: the bundle recipe's (MNIST 0.1, 0.2, 0.3; CIFAR-10 2, 4, 8 /255)."""
     surrogate_epochs: int | None = None

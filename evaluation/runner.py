@@ -164,8 +164,12 @@ class Evaluation:
         def count(attack: A.Attack, default: int) -> int:
             return config.minimum_norm_images if attack.strength != "epsilon" else default
 
+        white_box, black_box = (
+            tuple(a for a in group if config.attacks is None or a.name in config.attacks)
+            for group in (A.WHITE_BOX, A.BLACK_BOX)
+        )
         if "transfer" in config.threats:
-            for attack in A.WHITE_BOX:
+            for attack in white_box:
                 for strength in attack.strengths(config, budgets, "transfer"):
                     n = count(attack, config.transfer_images)
                     cells.append(
@@ -173,17 +177,17 @@ class Evaluation:
                     )
         if "adaptive" in config.threats:
             for name in self.systems:
-                for attack in A.WHITE_BOX:
+                for attack in white_box:
                     for strength in attack.strengths(config, budgets, "adaptive"):
                         n = count(attack, config.adaptive_images)
                         cells.append(Cell("adaptive", attack, strength, name, (name,), n, config))
-            if config.sanity:
+            if config.sanity and A.PGD in white_box:
                 cells += self._sanity_cells(budgets)
         if "blackbox" in config.threats:
             for name in (DEFENDED, RSE):
                 if name not in self.systems:
                     continue
-                for attack in A.BLACK_BOX:
+                for attack in black_box:
                     n = config.hsj_images if attack is A.HOP_SKIP_JUMP else config.blackbox_images
                     for strength in attack.strengths(config, budgets, "blackbox"):
                         cells.append(Cell("blackbox", attack, strength, f"http:{name}", (name,), n, config))
