@@ -201,13 +201,14 @@ class Evaluation:
             for name in self.systems
         ]
         strongest = DEFENDED if DEFENDED in self.systems else RSE
+        # NOTE: the middle budget, where the attacks do not yet win everywhere; at the largest one every
+        # variant reaches 0% and the comparison could not fail.
+        middle = budgets[len(budgets) // 2]
         more_steps = replace(config, pgd_steps=2 * config.pgd_steps)
-        cells.append(
-            Cell("adaptive", A.PGD, max(budgets), strongest, (strongest,), n, more_steps, "2x steps")
-        )
+        cells.append(Cell("adaptive", A.PGD, middle, strongest, (strongest,), n, more_steps, "2x steps"))
         more_draws = replace(config, eot_samples=2 * config.eot_samples)
         for name in (RSE, strongest) if strongest != RSE else (RSE,):
-            cells.append(Cell("adaptive", A.PGD, max(budgets), name, (name,), n, more_draws, "2x EoT"))
+            cells.append(Cell("adaptive", A.PGD, middle, name, (name,), n, more_draws, "2x EoT"))
         return cells
 
     # --- running ------------------------------------------------------------------------------------------
