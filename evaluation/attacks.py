@@ -22,8 +22,6 @@ Settings = dict[str, Any]
 @dataclass(frozen=True)
 class Attack:
     name: str
-    needs_gradients: bool
-    """White-box (transfer and adaptive threat models) or score/decision-based (black-box, over HTTP)."""
     strength: str | None
     """What the strengths are: "epsilon", "constant", or None for a minimum-norm attack."""
     settings: Callable[[EvalConfig], Settings]
@@ -136,15 +134,17 @@ def _hop_skip_jump(estimator: Any, _: float | None, settings: Settings) -> Any:
     return HopSkipJump(estimator, targeted=False, norm=np.inf, verbose=False, **settings)
 
 
-FGSM = Attack("FGSM", True, "epsilon", lambda c: {"batch_size": c.batch_size}, _fgsm)
-PGD = Attack("PGD", True, "epsilon", _pgd_settings, _pgd)
-CW = Attack("CW-L2", True, "constant", _cw_settings, _carlini_wagner)
-DEEPFOOL = Attack("DeepFool", True, None, _deepfool_settings, _deepfool)
-SQUARE = Attack("Square", False, "epsilon", _square_settings, _square)
-HOP_SKIP_JUMP = Attack("HopSkipJump", False, None, _hsj_settings, _hop_skip_jump)
+FGSM = Attack("FGSM", "epsilon", lambda c: {"batch_size": c.batch_size}, _fgsm)
+PGD = Attack("PGD", "epsilon", _pgd_settings, _pgd)
+CW = Attack("CW-L2", "constant", _cw_settings, _carlini_wagner)
+DEEPFOOL = Attack("DeepFool", None, _deepfool_settings, _deepfool)
+SQUARE = Attack("Square", "epsilon", _square_settings, _square)
+HOP_SKIP_JUMP = Attack("HopSkipJump", None, _hsj_settings, _hop_skip_jump)
 
 WHITE_BOX = (FGSM, PGD, CW, DEEPFOOL)
+"""Gradient-based: run in the transfer and adaptive threat models."""
 BLACK_BOX = (SQUARE, HOP_SKIP_JUMP)
+"""Score- (Square) and decision-based (HopSkipJump): run over HTTP."""
 
 
 def run_attack(attack: Any, images: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
