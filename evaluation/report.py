@@ -123,14 +123,15 @@ def markdown(results: dict[str, Any]) -> str:
     if variants:
         lines += [
             "",
-            "## Extra runs behind the sanity checks",
+            "## Extra runs: the flag-aware attack and the sanity checks' variants",
             "",
-            "| run | system | ε | images | accuracy |",
-            "| --- | --- | --- | --- | --- |",
+            "| run | system | ε | images | accuracy | flag rate | defended or flagged |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in variants:
             lines.append(
-                f"| {r['variant']} | {LABELS[r['system']]} | {r['strength']:g} | {r['images']} | {_pct(r['accuracy'])} |"
+                f"| {r['variant']} | {LABELS[r['system']]} | {r['strength']:g} | {r['images']} | "
+                f"{_pct(r['accuracy'])} | {_pct(r.get('flag_rate'))} | {_pct(r.get('defended_or_flagged'))} |"
             )
     lines += [
         "",

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from export.calibrate import flagged
-from models.purify import AdaptivePurifier
+from models.purify import AdaptivePurifier, clipped_error
 from service.manifest import Manifest
 from service.pipeline import run_pipeline_batched
 from service.runtime import EnsembleEngine, PurifierEngine
@@ -94,6 +95,37 @@ class ExactPurifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.purifier(x)[0]
+
+
+class FlagAware(nn.Module):
+    """A system's decision (K log-probability columns) and, as one more column, the reconstruction z-score
+    of its input under the twin DAE: the served flag's strongest score, differentiable."""
+
+    def __init__(self, model: nn.Module, purifier: AdaptivePurifier) -> None:
+        super().__init__()
+        self.model = model
+        self.purifier = purifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        config = self.purifier.config
+        z = (clipped_error(x, self.purifier.dae(x)) - config.mu) / config.sigma
+        return torch.cat([self.model(x), z[:, None]], dim=1)
+
+
+class FlagAwareLoss(nn.Module):
+    """What a detector-aware PGD maximises: cross-entropy of the class columns minus `weight` times how far
+    the z-score column lies above `threshold`, so the example turns the label while it stays unflagged."""
+
+    def __init__(self, threshold: float, weight: float = 1.0) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.weight = weight
+
+    def forward(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # NOTE: ART hands custom losses one-hot labels over every output column.
+        labels = labels.argmax(dim=1) if labels.dim() > 1 else labels
+        penalty = torch.relu(outputs[:, -1] - self.threshold).mean()
+        return F.cross_entropy(outputs[:, :-1], labels) - self.weight * penalty
 
 
 def torch_probabilities(model: nn.Module, images: np.ndarray, batch: int = 250) -> np.ndarray:
