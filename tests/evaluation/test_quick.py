@@ -65,6 +65,9 @@ def test_every_threat_model_ran_and_black_box_counted_queries(quick) -> None:
     assert all(r["queries"] > 0 and r["requests"] > 0 for r in black)
     adaptive = _row(results, "adaptive", "PGD", "purifier+rse")
     assert adaptive["params"]["eot_samples"] == 2 and adaptive["params"]["purifier_gradient"] == "bpda"
+    flag_aware = [r for r in results["cells"] if r["variant"] == "flag-aware"]
+    assert {r["system"] for r in flag_aware} == {"purifier", "purifier+rse"}
+    assert all(0.0 <= r["defended_or_flagged"] <= 1.0 and r["images"] == 8 for r in flag_aware)
 
 
 def test_sanity_checks_ran_and_the_report_was_written(quick) -> None:
