@@ -14,7 +14,11 @@ TORCH_INDEX ?=
 CONSTRAINTS ?=
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: serve test check-deploy models examples bench soak lint format clean
+BUNDLE ?= model_repository/mnist-rse-apudae/1
+EVAL_ARGS ?=
+CIFAR10_DATA ?= ../shared/data
+
+.PHONY: serve test check-deploy models examples bench soak eval cifar10 lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +57,12 @@ bench: $(VENV)/.dev-deps  ## speed vs the naive way: engine, HTTP under locust, 
 soak: $(VENV)/.dev-deps  ## above-capacity load for 3 minutes: nothing accepted is lost or wrong (reports/soak/)
 	$(PIP) -e '.[cpu,train,dev,bench]'
 	$(BIN)/python -m bench.soak --out reports/soak
+
+eval: $(VENV)/.dev-deps  ## robustness and detection evaluation of a bundle (reports/<bundle>/); EVAL_ARGS=--quick etc.
+	$(BIN)/python -m evaluation --bundle $(BUNDLE) $(EVAL_ARGS)
+
+cifar10: $(VENV)/.dev-deps  ## train and export the CIFAR-10 bundle (GPU when torch sees one; resumes from runs/cifar10)
+	$(BIN)/python -m export.cifar10_rse --data $(CIFAR10_DATA) --out model_repository --checkpoints runs/cifar10
 
 examples: $(VENV)/.dev-deps  ## rewrite the example images under examples/
 	$(BIN)/python -m export.examples --out examples

@@ -10,13 +10,15 @@ import torch
 from torch import nn
 
 
-def art_classifier(model: nn.Module, input_shape: tuple[int, int, int], num_classes: int):
-    """ART's PyTorch wrapper around a logits model taking [0, 1] pixels."""
+def art_classifier(
+    model: nn.Module, input_shape: tuple[int, int, int], num_classes: int, loss: nn.Module | None = None
+):
+    """ART's PyTorch wrapper around a logits model taking [0, 1] pixels; cross-entropy unless `loss`."""
     from art.estimators.classification import PyTorchClassifier
 
     return PyTorchClassifier(
         model=model.eval(),
-        loss=nn.CrossEntropyLoss(),
+        loss=loss or nn.CrossEntropyLoss(),
         input_shape=input_shape,
         nb_classes=num_classes,
         clip_values=(0.0, 1.0),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,21 @@ def graph_entry(bundle_dir: Path, filename: str, inputs: list[str], outputs: lis
 def invoking_command() -> str:
     """The command line that is running, as a user would retype it (`python -m export.x ...`)."""
     module = sys.modules["__main__"].__spec__
-    head = ["python", "-m", module.name] if module is not None else ["python", sys.argv[0]]
+    name = module.name.removesuffix(".__main__") if module is not None else None
+    head = ["python", "-m", name] if name is not None else ["python", sys.argv[0]]
     return shlex.join(head + sys.argv[1:])
+
+
+def run_recipe(build: Callable[[Any], Manifest], args: Any) -> Manifest:
+    """A recipe's `main`: INFO logs without the exporters' chatter, build the bundle, say what was written."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    manifest = build(args)
+    logging.getLogger("export").info(
+        "wrote %s/%s: accuracy %.4f", manifest.name, manifest.version, manifest.metrics.clean_accuracy
+    )
+    return manifest
 
 
 def write_bundle(bundle_dir: Path, **fields: Any) -> Manifest:

