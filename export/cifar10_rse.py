@@ -126,11 +126,6 @@ def build(args: argparse.Namespace) -> Manifest:
         seed=args.seed,
         calibration_data=calibration_data,
     )
-    log.info(
-        "clean accuracy %.4f, clean flag rate %.4f",
-        packaged.metrics["clean_accuracy"],
-        packaged.metrics["flag_rate_clean"],
-    )
     return write_bundle(
         args.out / args.name / args.version,
         name=args.name,

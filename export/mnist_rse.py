@@ -131,10 +131,6 @@ def build(args: argparse.Namespace) -> Manifest:
         seed=args.seed,
         calibration_data="calibration split: 500 clean digits held out from training (50 per class)",
     )
-    log.info(
-        "clean accuracy %.4f, clean flag rate %.4f",
-        *(packaged.metrics[k] for k in ("clean_accuracy", "flag_rate_clean")),
-    )
     attacks: list[dict[str, Any]] = []
     if args.purifier:
         attacks, adversarial, fired = attack_results(

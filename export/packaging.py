@@ -4,6 +4,7 @@ and measure the bundle through the service's own pipeline, so each recipe only t
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from service.manifest import GraphFile, PurifierSpec
 from service.pipeline import run_pipeline_batched
 from service.runtime import EnsembleEngine, PurifierEngine, choose_providers
 from service.scoring import CHANGED_LABEL, DISAGREEMENT, RECONSTRUCTION
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,9 @@ def package(
     )
     thresholds = fit_thresholds({k: calibration.scores[k] for k in names}, target_fpr)
     test = run_pipeline_batched(ensemble, engine, spec, split.test.images, samples)
+    accuracy = float(np.mean(test.summary.class_index == split.test.labels))
+    flag_rate = float(flagged(test.scores, thresholds).mean())
+    log.info("clean accuracy %.4f, clean flag rate %.4f", accuracy, flag_rate)
     return Packaged(
         graphs=graphs,
         ensemble=ensemble,
@@ -134,10 +140,10 @@ def package(
             ),
         },
         metrics={
-            "clean_accuracy": float(np.mean(test.summary.class_index == split.test.labels)),
+            "clean_accuracy": accuracy,
             "test_images": len(split.test),
             "samples": samples,
-            "flag_rate_clean": float(flagged(test.scores, thresholds).mean()),
+            "flag_rate_clean": flag_rate,
             "measured_with": f"service.pipeline on {ensemble.provider}, onnxruntime, N={samples}",
         },
         split_sizes={
