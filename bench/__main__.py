@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def attacked_digits(split: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
     """ART PGD-L∞ ε = 0.3 examples, crafted on an undefended classifier of the same architecture."""
-    from export.attacks import pgd_linf
+    from models.attacks import pgd_linf
     from models.rse import MNIST_SMALL, RSEClassifier
     from models.train import TrainConfig, train_classifier
 

@@ -44,7 +44,7 @@ from evaluation.systems import (
     Undefended,
 )
 from evaluation.twin import Twin, check_parity, load_twin
-from export.attacks import art_classifier
+from models.attacks import art_classifier
 from models.data import ImageDataset
 from service.runtime import EnsembleEngine, PurifierEngine
 

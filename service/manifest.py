@@ -103,6 +103,20 @@ class PurifierSpec(_Strict):
     """Std of the Gaussian noise the denoising autoencoder was trained to remove."""
 
 
+class DefenseSpec(_Strict):
+    """A training-time defense baked into the weights: the service runs such a bundle like any other, but
+    users and reviewers must be able to tell which defense they are served and with what settings."""
+
+    name: str
+    """Short name, as the robustness tables use it (e.g. "AMC", "Deep Defense")."""
+    reference: str
+    """The paper (and reference code) the recipe follows."""
+    follows: str
+    """How closely: the paper's algorithm, or a reproduction of it where the paper is not at hand."""
+    settings: dict[str, float | int | str | list[str]]
+    """The defense's hyper-parameters as trained."""
+
+
 class Calibration(_Strict):
     """Thresholds of the "looks adversarial" flag and the clean data they were fitted on.
 
@@ -185,6 +199,9 @@ class Manifest(_Strict):
     `screen` (optional, with a purifier): images -> the purifier's `error_before` alone, one DAE forward,
     for adaptive compute."""
     purifier: PurifierSpec | None = None
+    defense: DefenseSpec | None = None
+    """Set for bundles hardened at training time (AMC, Deep Defense, ...); None for RSE / APuDAE bundles,
+    whose defense is in the graphs and described by `rse` and `purifier`."""
     calibration: Calibration
     data: DataSplit
     metrics: Metrics

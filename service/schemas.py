@@ -93,6 +93,9 @@ class ModelInfo(BaseModel):
     samples: dict[str, int]
     rse: dict[str, float]
     purifier: dict[str, Any] | None
+    defense: dict[str, Any] | None = Field(
+        default=None, description="The training-time defense baked into the weights, if any."
+    )
     provider: str
     calibration: dict[str, Any]
     metrics: dict[str, Any]

@@ -52,7 +52,7 @@ def test_clean_flag_rate_is_the_calibrated_target(clean, shipped_manifest) -> No
 
 def test_pgd_examples_are_flagged_far_more_often(clean, engines, shipped_manifest, mnist_split) -> None:
     """ART's PGD-L∞ (ε = 0.3) crafted on an undefended classifier trained here, replayed through the bundle."""
-    from export.attacks import pgd_linf
+    from models.attacks import pgd_linf
     from models.rse import MNIST_SMALL, RSEClassifier
     from models.train import TrainConfig, train_classifier
 
