@@ -19,7 +19,7 @@ from torch import nn
 
 from models.dae import DenoisingAutoencoder
 from models.purify import AdaptivePurifier, PurifierConfig
-from models.rse import SelfEnsemble, noise_disabled
+from models.rse import SelfEnsemble, noise_disabled, noise_layers
 
 OPSET = 18
 ENSEMBLE_INPUTS = ["images", "samples"]
@@ -67,7 +67,8 @@ def _export(
 def export_ensemble(
     classifier: nn.Module, path: Path, *, input_shape: tuple[int, int, int], deterministic: bool = False
 ) -> Path:
-    """Write the self-ensemble graph of `classifier`; `deterministic=True` (parity tests only) drops the noise."""
+    """Write the self-ensemble graph of `classifier`; `deterministic=True` (parity tests only) drops the noise.
+    A classifier without noise (the training-time defenses) exports without random ops."""
     example = (torch.rand(2, *input_shape), torch.tensor(3, dtype=torch.int64))
     context = noise_disabled(classifier) if deterministic else contextlib.nullcontext()
     with context:
@@ -78,7 +79,7 @@ def export_ensemble(
             inputs=ENSEMBLE_INPUTS,
             outputs=ENSEMBLE_OUTPUTS,
             dynamic_shapes={"images": {0: torch.export.Dim("batch")}, "samples": None},
-            random=not deterministic,
+            random=not deterministic and any(layer.sigma > 0 for layer in noise_layers(classifier)),
         )
 
 

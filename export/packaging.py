@@ -30,7 +30,7 @@ from models.purify import PurifierConfig
 from service.manifest import GraphFile, PurifierSpec
 from service.pipeline import run_pipeline_batched
 from service.runtime import EnsembleEngine, PurifierEngine, choose_providers
-from service.scoring import CHANGED_LABEL, DISAGREEMENT, RECONSTRUCTION
+from service.scoring import CHANGED_LABEL, DISAGREEMENT, ENTROPY, RECONSTRUCTION
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +107,18 @@ def package(
         }
         spec = PurifierSpec(**fields)
 
-    calibration = run_pipeline_batched(ensemble, engine, spec, split.calibration.images, samples)
-    names = (
-        [RECONSTRUCTION, DISAGREEMENT, CHANGED_LABEL] if purifier is not None else list(calibration.scores)
+    calibration = run_pipeline_batched(
+        ensemble, engine, spec, split.calibration.images, samples, purify=engine is not None
     )
+    if purifier is not None:
+        names = [RECONSTRUCTION, DISAGREEMENT, CHANGED_LABEL]
+    elif classifier.sigma_init == 0 and classifier.sigma_inner == 0:
+        # NOTE: a deterministic classifier's passes always agree; entropy is the only score it has.
+        names = [ENTROPY]
+    else:
+        names = list(calibration.scores)
     thresholds = fit_thresholds({k: calibration.scores[k] for k in names}, target_fpr)
-    test = run_pipeline_batched(ensemble, engine, spec, split.test.images, samples)
+    test = run_pipeline_batched(ensemble, engine, spec, split.test.images, samples, purify=engine is not None)
     accuracy = float(np.mean(test.summary.class_index == split.test.labels))
     flag_rate = float(flagged(test.scores, thresholds).mean())
     log.info("clean accuracy %.4f, clean flag rate %.4f", accuracy, flag_rate)

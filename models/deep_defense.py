@@ -128,14 +128,14 @@ def deep_defense_loss(config: DeepDefenseConfig) -> LossFn:
 def mean_rho(
     model: nn.Module, images: np.ndarray, labels: np.ndarray, max_iter: int = 50, batch: int = 250
 ) -> dict[str, float]:
-    """The paper's ρ₂: mean DeepFool ‖r‖₂/‖x‖₂ over the images whose decision DeepFool flipped within
-    `max_iter` iterations (non-differentiable run), with the share it flipped."""
+    """The paper's ρ₂: mean DeepFool ‖r‖₂/‖x‖₂ over `images` (non-differentiable run of up to `max_iter`
+    iterations), with the share of images whose decision DeepFool actually flipped."""
     config = DeepDefenseConfig(max_iter=max_iter)
     values, flips = [], []
     for start in range(0, len(images), batch):
         x = torch.from_numpy(images[start : start + batch])
         y = torch.from_numpy(labels[start : start + batch])
         r, flipped = deepfool(model, x, y, config, differentiable=False)
-        values.append(relative_norm(r, x)[flipped].detach())
+        values.append(relative_norm(r, x).detach())
         flips.append(flipped)
     return {"rho2": float(torch.cat(values).mean()), "flipped": float(torch.cat(flips).float().mean())}
