@@ -77,6 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stages", type=int, default=4, help="AMC stages (attacks FGSM, VAT, EAD, PGD)")
     parser.add_argument("--finetune-lr", type=float, help="default: 0.01 for AMC, 5e-4 for Deep Defense")
     parser.add_argument("--rho-images", type=int, default=1000, help="test images for Deep Defense's rho2")
+    parser.add_argument(
+        "--finetune-images",
+        type=int,
+        help="AMC: fine-tune the stages on a random subset (ART's EAD takes over a minute per batch of 64)",
+    )
     parser.add_argument("--train-images", type=int, help="train on a random subset (quick runs, CI)")
     parser.add_argument("--target-fpr", type=float, default=0.05, help="flag false-positive target")
     parser.add_argument("--seed", type=int, default=0, help="data split, training and noise seed")
@@ -113,8 +118,16 @@ def harden(args: argparse.Namespace, model: nn.Module, split: Split) -> dict[str
             epochs=args.defense_epochs, lr=args.finetune_lr or 0.01, weight_decay=1e-4, seed=args.seed
         )
         settings = CascadeAttacks()
-        _, cascade = train_cascade(model, train, args.stages, finetuning, settings)
-        return {**figures, **cascade, **{f"finetune_{k}": v for k, v in asdict(finetuning).items()}}
+        subset = train
+        if args.finetune_images:
+            subset = train.subset(np.random.default_rng(args.seed + 1).permutation(len(train))[: args.finetune_images])
+        _, cascade = train_cascade(model, subset, args.stages, finetuning, settings)
+        return {
+            **figures,
+            **cascade,
+            **{f"finetune_{k}": v for k, v in asdict(finetuning).items()},
+            "finetune_images": len(subset),
+        }
     config = DeepDefenseConfig()
     test = split.test.subset(np.arange(min(args.rho_images, len(split.test))))
     before = mean_rho(model, test.images, test.labels)
