@@ -196,12 +196,15 @@ def plot_accuracy(path: Path, results: dict[str, Any], budgets: tuple[float, ...
 def plot_curves(path: Path, curves: dict[str, dict[str, Curve]]) -> None:
     """Accuracy against ε, one panel per threat model (those with a curve), one line per labelled curve."""
     threats = [t for t, lines in curves.items() if any(lines.values())]
+    # NOTE: one colour per label across the panels, also where a system is missing from one (black-box).
+    labels = dict.fromkeys(label for lines in curves.values() for label in lines)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
     figure, axes = plt.subplots(1, len(threats), figsize=(5.2 * len(threats), 4.2), squeeze=False)
     for axis, threat in zip(axes[0], threats, strict=True):
         for label, points in curves[threat].items():
             if points:
                 xs, ys = zip(*points, strict=True)
-                axis.plot(xs, [100 * y for y in ys], marker="o", label=label)
+                axis.plot(xs, [100 * y for y in ys], marker="o", label=label, color=colours[label])
         axis.set_title(f"{threat}: {THREAT_ATTACKS[threat]}-L∞", fontsize=10)
         axis.set_xlabel("ε (L∞, pixels in [0, 1])")
         axis.set_ylabel("accuracy (%)")

@@ -433,10 +433,14 @@ class Evaluation:
 
     def footing(self) -> dict[str, Any]:
         """What must be equal for two runs' figures to be compared: the same test images (data, split, how
-        many) attacked at the same budgets with the same preset, image counts and seed."""
+        many) attacked at the same budgets with the same preset, image counts and seed, and transfer examples
+        crafted on the same undefended classifier."""
         data, config = self.manifest.data, self.config
         return {
             "dataset": self.recipe.dataset,
+            "undefended_classifier": {
+                k: self.surrogate_figures[k] for k in ("epochs", "seed", "train_images")
+            },
             "split": {"seed": data.seed, "test": data.test, "calibration": data.calibration},
             "test_images": len(self.test),
             "budgets": list(self.budgets),
