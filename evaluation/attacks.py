@@ -53,19 +53,34 @@ def _pgd_settings(config: EvalConfig) -> Settings:
     }
 
 
-def _pgd(estimator: Any, epsilon: float | None, settings: Settings) -> Any:
-    from art.attacks.evasion import ProjectedGradientDescent
-
+def _iterative_linf(
+    attack_class: Any, estimator: Any, epsilon: float | None, reach: float, settings: Settings, **own: Any
+) -> Any:
+    """An ART iterative L∞ attack (PGD, MI-FGSM) from the settings they share; its steps together can travel
+    `reach` times ε."""
     assert epsilon is not None
-    return ProjectedGradientDescent(
+    return attack_class(
         estimator,
         norm=np.inf,
         eps=epsilon,
-        eps_step=2.5 * epsilon / settings["steps"],
+        eps_step=reach * epsilon / settings["steps"],
         max_iter=settings["steps"],
-        num_random_init=settings["random_starts"],
         batch_size=settings["batch_size"],
         verbose=False,
+        **own,
+    )
+
+
+def _pgd(estimator: Any, epsilon: float | None, settings: Settings) -> Any:
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    return _iterative_linf(
+        ProjectedGradientDescent,
+        estimator,
+        epsilon,
+        2.5,
+        settings,
+        num_random_init=settings["random_starts"],
     )
 
 
@@ -82,16 +97,8 @@ def _mim_settings(config: EvalConfig) -> Settings:
 def _momentum_iterative(estimator: Any, epsilon: float | None, settings: Settings) -> Any:
     from art.attacks.evasion import MomentumIterativeMethod
 
-    assert epsilon is not None
-    return MomentumIterativeMethod(
-        estimator,
-        norm=np.inf,
-        eps=epsilon,
-        eps_step=epsilon / settings["steps"],
-        decay=settings["decay"],
-        max_iter=settings["steps"],
-        batch_size=settings["batch_size"],
-        verbose=False,
+    return _iterative_linf(
+        MomentumIterativeMethod, estimator, epsilon, 1.0, settings, decay=settings["decay"]
     )
 
 

@@ -29,7 +29,7 @@ from evaluation.config import EvalConfig
 from evaluation.metrics import cell_figures, perturbation_norms
 from evaluation.recipes import BundleRecipe, recipe_for
 from evaluation.remote import RemoteModel, ServiceProcess
-from evaluation.surrogate import transfer_surrogates, undefended_classifier
+from evaluation.surrogate import Sources
 from evaluation.systems import (
     DEFENDED,
     PURIFIER,
@@ -134,14 +134,13 @@ class Evaluation:
         failed = {k: v for k, v in self.parity.items() if v > PARITY_LIMITS.get(k, np.inf)}
         if failed:
             raise RuntimeError(f"the torch twin does not match the ONNX graphs: {failed}")
-        self.surrogate, self.surrogate_figures = undefended_classifier(
-            self.recipe, self.manifest, split.train, cache_dir, epochs=config.surrogate_epochs, device=device
-        )
+        sources = Sources(self.recipe, self.manifest, split.train, cache_dir, config.surrogate_epochs, device)
+        self.surrogate, self.surrogate_figures = sources.undefended()
         self.sources: dict[str, nn.Module] = {UNDEFENDED: self.surrogate}
         """The models the non-adaptive white-box threat models craft on, by cell source."""
         self.transfer_figures: dict[str, Any] = {}
         if SURROGATES in config.threats:
-            self.sources[SURROGATES], self.transfer_figures = self._surrogates(split.train, device)
+            self.sources[SURROGATES], self.transfer_figures = self._surrogates(sources)
         self.systems = self._build_systems(bundle_dir)
         served = [name for name, system in self.systems.items() if system.http_purify is not None]
         self.served = tuple(sorted(served, key=lambda name: not self.systems[name].http_purify))
@@ -152,27 +151,22 @@ class Evaluation:
         self.cached = 0
         """Cells taken from the cache of an earlier run (their rows keep that run's seconds)."""
 
-    def _surrogates(self, train: ImageDataset, device: str) -> tuple[nn.Module, dict[str, Any]]:
-        ensemble, members = transfer_surrogates(
-            self.recipe,
-            self.manifest,
-            train,
-            self.cache_dir,
-            epochs=self.config.surrogate_epochs,
-            device=device,
-        )
-        labels = self.test.labels
+    def _surrogates(self, sources: Sources) -> tuple[nn.Module, dict[str, Any]]:
+        """The surrogate ensemble, and its members' figures with their clean accuracy on the test images."""
+        ensemble, members = sources.surrogates()
+
+        def accuracy(model: nn.Module) -> float:
+            return float((torch_probabilities(model, self.test.images).argmax(1) == self.test.labels).mean())
+
         for model, figures in zip(ensemble.members, members.values(), strict=True):
-            figures["clean_accuracy"] = float(
-                (torch_probabilities(model, self.test.images).argmax(1) == labels).mean()
-            )
-        accuracy = float((torch_probabilities(ensemble, self.test.images).argmax(1) == labels).mean())
-        log.info("transfer surrogates: %s, ensemble clean accuracy %.3f", members, accuracy)
-        return ensemble, {
+            figures["clean_accuracy"] = accuracy(model)
+        figures = {
             "members": members,
-            "ensemble_clean_accuracy": accuracy,
+            "ensemble_clean_accuracy": accuracy(ensemble),
             "test_images": len(self.test),
         }
+        log.info("transfer surrogates: %s", figures)
+        return ensemble, figures
 
     def _build_systems(self, bundle_dir: Path) -> dict[str, System]:
         graphs = self.manifest.graphs

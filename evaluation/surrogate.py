@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,6 @@ class SoftmaxAverage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return log_mean_softmax(torch.stack([member(x) for member in self.members], dim=1))
-
-
-def _training(recipe: BundleRecipe, manifest: Manifest, epochs: int | None) -> TrainConfig:
-    config = recipe.surrogate(manifest)
-    return config if epochs is None else replace(config, epochs=epochs)
 
 
 def _trained(
@@ -78,45 +74,40 @@ def _trained(
     return model.eval(), figures
 
 
-def undefended_classifier(
-    recipe: BundleRecipe,
-    manifest: Manifest,
-    train: ImageDataset,
-    cache_dir: Path | None,
-    epochs: int | None = None,
-    device: str = "cpu",
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The bundle's architecture without noise, trained plainly; `device` is where it trains."""
-    return _trained(
-        "undefended",
-        lambda: recipe.classifier(manifest, 0.0, 0.0),
-        _training(recipe, manifest, epochs),
-        train,
-        cache_dir,
-        device,
-    )
+@dataclass(frozen=True)
+class Sources:
+    """Trains, or loads from `cache_dir`, the models one bundle's attacks are crafted on, all on its training
+    split under the recipe's settings (`epochs` overriding its count) on `device`."""
 
+    recipe: BundleRecipe
+    manifest: Manifest
+    train: ImageDataset
+    cache_dir: Path | None
+    epochs: int | None = None
+    device: str = "cpu"
 
-def transfer_surrogates(
-    recipe: BundleRecipe,
-    manifest: Manifest,
-    train: ImageDataset,
-    cache_dir: Path | None,
-    epochs: int | None = None,
-    device: str = "cpu",
-) -> tuple[SoftmaxAverage, dict[str, dict[str, Any]]]:
-    """The recipe's surrogate architectures, trained like the undefended classifier but each with its own
-    seed (the undefended classifier's + 1, + 2, ...), as one ensemble; and the figures of each."""
-    base = _training(recipe, manifest, epochs)
-    members, figures = [], {}
-    for offset, (name, architecture) in enumerate(recipe.surrogates.items(), start=1):
-        model, figures[name] = _trained(
-            f"surrogate-{name}",
-            lambda architecture=architecture: RSEClassifier(architecture, 0.0, 0.0),
-            replace(base, seed=base.seed + offset),
-            train,
-            cache_dir,
-            device,
-        )
-        members.append(model)
-    return SoftmaxAverage(members).eval(), figures
+    def _config(self) -> TrainConfig:
+        config = self.recipe.surrogate(self.manifest)
+        return config if self.epochs is None else replace(config, epochs=self.epochs)
+
+    def undefended(self) -> tuple[nn.Module, dict[str, Any]]:
+        """The bundle's architecture without noise, trained plainly."""
+        build = partial(self.recipe.classifier, self.manifest, 0.0, 0.0)
+        return _trained("undefended", build, self._config(), self.train, self.cache_dir, self.device)
+
+    def surrogates(self) -> tuple[SoftmaxAverage, dict[str, dict[str, Any]]]:
+        """The recipe's surrogate architectures, trained like the undefended classifier but each with its own
+        seed (the undefended classifier's + 1, + 2, ...), as one ensemble; and the figures of each."""
+        base = self._config()
+        members, figures = [], {}
+        for offset, (name, architecture) in enumerate(self.recipe.surrogates.items(), start=1):
+            model, figures[name] = _trained(
+                f"surrogate-{name}",
+                partial(RSEClassifier, architecture, 0.0, 0.0),
+                replace(base, seed=base.seed + offset),
+                self.train,
+                self.cache_dir,
+                self.device,
+            )
+            members.append(model)
+        return SoftmaxAverage(members).eval(), figures
