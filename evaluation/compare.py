@@ -192,10 +192,12 @@ def plot(path: Path, reports: dict[str, dict[str, Any]], data: dict[str, Any]) -
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m evaluation.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("reports", nargs="+", type=Path, help="report folders, each with a results.json")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="folder for comparison.md, .json and .png")
     args = parser.parse_args(argv)
     try:
         loaded = [load_report(folder) for folder in args.reports]
