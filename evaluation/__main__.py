@@ -1,4 +1,4 @@
-"""Robustness and detection evaluation of a bundle with real attacks (ART) under three threat models.
+"""Robustness and detection evaluation of a bundle with real attacks (ART) under four threat models.
 
     python -m evaluation --bundle model_repository/mnist-rse-apudae/1            (standard preset)
     python -m evaluation --bundle model_repository/mnist-rse-apudae/1 --quick    (a minute, for CI)
@@ -17,12 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from evaluation.attacks import BLACK_BOX, WHITE_BOX
+from evaluation.attacks import ALL
 from evaluation.checks import as_dicts, run_checks, worst_case
 from evaluation.config import PRESETS, THREATS, preset
 from evaluation.report import markdown, plot_accuracy, plot_roc, write_json
 from evaluation.runner import Evaluation
-from evaluation.systems import DEFENDED, RSE
 from export.bundle import invoking_command
 
 log = logging.getLogger("evaluation")
@@ -39,9 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="standard")
     parser.add_argument("--quick", action="store_const", const="quick", dest="preset", help="--preset quick")
     parser.add_argument("--threats", default=",".join(THREATS), help=f"comma-separated subset of {THREATS}")
-    parser.add_argument(
-        "--attacks", help="comma-separated subset of FGSM,PGD,CW-L2,DeepFool,Square,HopSkipJump"
-    )
+    parser.add_argument("--attacks", help=f"comma-separated subset of {','.join(a.name for a in ALL)}")
     parser.add_argument("--transfer-images", type=int)
     parser.add_argument("--adaptive-images", type=int)
     parser.add_argument("--blackbox-images", type=int)
@@ -50,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pgd-steps", type=int)
     parser.add_argument("--purifier-gradient", choices=("bpda", "exact"))
     parser.add_argument("--no-sanity", action="store_false", dest="sanity", default=None)
-    parser.add_argument("--surrogate-epochs", type=int, help="epochs of the undefended classifier")
+    parser.add_argument(
+        "--surrogate-epochs", type=int, help="epochs of the undefended classifier and the transfer surrogates"
+    )
     parser.add_argument("--service-url", help="attack this running service instead of starting one")
     parser.add_argument("--data", type=Path, help="data folder for bundles whose data is not packaged")
     parser.add_argument("--cache", type=Path, default=Path("runs/eval"), help="cached cells and surrogate")
@@ -84,7 +83,7 @@ def machine_description(label: str | None) -> dict[str, str]:
 
 def roc_plots(evaluation: Evaluation, out: Path) -> list[str]:
     written = []
-    system = DEFENDED if DEFENDED in evaluation.systems else RSE
+    system = evaluation.product
     top = max(evaluation.budgets)
     clean = evaluation.clean[system]
     for result in evaluation.results:
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = set(config.threats) - set(THREATS)
     if unknown:
         raise SystemExit(f"unknown threat models {sorted(unknown)}; choose from {THREATS}")
-    names = [attack.name for attack in (*WHITE_BOX, *BLACK_BOX)]
+    names = [attack.name for attack in ALL]
     if config.attacks and set(config.attacks) - set(names):
         raise SystemExit(f"unknown attacks {sorted(set(config.attacks) - set(names))}; choose from {names}")
     import torch

@@ -53,19 +53,52 @@ def _pgd_settings(config: EvalConfig) -> Settings:
     }
 
 
-def _pgd(estimator: Any, epsilon: float | None, settings: Settings) -> Any:
-    from art.attacks.evasion import ProjectedGradientDescent
-
+def _iterative_linf(
+    attack_class: Any, estimator: Any, epsilon: float | None, reach: float, settings: Settings, **own: Any
+) -> Any:
+    """An ART iterative L∞ attack (PGD, MI-FGSM) from the settings they share; its steps together can travel
+    `reach` times ε."""
     assert epsilon is not None
-    return ProjectedGradientDescent(
+    return attack_class(
         estimator,
         norm=np.inf,
         eps=epsilon,
-        eps_step=2.5 * epsilon / settings["steps"],
+        eps_step=reach * epsilon / settings["steps"],
         max_iter=settings["steps"],
-        num_random_init=settings["random_starts"],
         batch_size=settings["batch_size"],
         verbose=False,
+        **own,
+    )
+
+
+def _pgd(estimator: Any, epsilon: float | None, settings: Settings) -> Any:
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    return _iterative_linf(
+        ProjectedGradientDescent,
+        estimator,
+        epsilon,
+        2.5,
+        settings,
+        num_random_init=settings["random_starts"],
+    )
+
+
+def _mim_settings(config: EvalConfig) -> Settings:
+    # NOTE: Dong et al.'s settings: 10 steps of ε / steps, decay μ = 1.0, no random start.
+    return {
+        "steps": config.mim_steps,
+        "step_size": "ε / steps",
+        "decay": 1.0,
+        "batch_size": config.batch_size,
+    }
+
+
+def _momentum_iterative(estimator: Any, epsilon: float | None, settings: Settings) -> Any:
+    from art.attacks.evasion import MomentumIterativeMethod
+
+    return _iterative_linf(
+        MomentumIterativeMethod, estimator, epsilon, 1.0, settings, decay=settings["decay"]
     )
 
 
@@ -136,6 +169,7 @@ def _hop_skip_jump(estimator: Any, _: float | None, settings: Settings) -> Any:
 
 FGSM = Attack("FGSM", "epsilon", lambda c: {"batch_size": c.batch_size}, _fgsm)
 PGD = Attack("PGD", "epsilon", _pgd_settings, _pgd)
+MIM = Attack("MI-FGSM", "epsilon", _mim_settings, _momentum_iterative)
 CW = Attack("CW-L2", "constant", _cw_settings, _carlini_wagner)
 DEEPFOOL = Attack("DeepFool", None, _deepfool_settings, _deepfool)
 SQUARE = Attack("Square", "epsilon", _square_settings, _square)
@@ -145,6 +179,10 @@ WHITE_BOX = (FGSM, PGD, CW, DEEPFOOL)
 """Gradient-based: run in the transfer and adaptive threat models."""
 BLACK_BOX = (SQUARE, HOP_SKIP_JUMP)
 """Score- (Square) and decision-based (HopSkipJump): run over HTTP."""
+TRANSFERABLE = (MIM,)
+"""Momentum-iterative PGD (Dong et al., CVPR 2018): the transfer attack of the "surrogates" threat model."""
+BY_THREAT = {"transfer": WHITE_BOX, "surrogates": TRANSFERABLE, "adaptive": WHITE_BOX, "blackbox": BLACK_BOX}
+ALL = (*WHITE_BOX, *TRANSFERABLE, *BLACK_BOX)
 
 
 def run_attack(attack: Any, images: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:

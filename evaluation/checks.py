@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.config import THREATS
 from evaluation.metrics import standard_error_gap
 from evaluation.runner import CellResult
 
@@ -101,19 +102,22 @@ def run_checks(results: list[CellResult], budgets: tuple[float, ...]) -> list[Ch
                         "iterative ≥ single-step (PGD vs FGSM)", subject, (pgd, system), (fgsm, system)
                     )
                 )
-    for black in _find(results, threat="blackbox"):
-        (system,) = black.cell.systems
-        # NOTE: a minimum-norm attack (HopSkipJump) is compared at every budget, counting its larger examples
-        # as failures there.
-        epsilons = list(budgets) if black.cell.strength is None else [black.cell.strength]
-        for epsilon in epsilons:
-            for white in _find(
-                results, threat="adaptive", attack="PGD", strength=epsilon, source=system, variant=""
-            ):
-                subject = f"{system}, ε={epsilon:g}: adaptive PGD vs {black.cell.attack.name} over HTTP"
-                checks.append(
-                    _no_weaker("white-box ≥ black-box", subject, (white, system), (black, system), epsilon)
-                )
+    # NOTE: a transfer attack from other architectures is a black-box attack too: white-box must beat it.
+    for threat, name, how in (
+        ("blackbox", "white-box ≥ black-box", "over HTTP"),
+        ("surrogates", "white-box ≥ transfer from surrogates", "on the surrogates"),
+    ):
+        for other in _find(results, threat=threat):
+            # NOTE: a minimum-norm attack (HopSkipJump) is compared at every budget, counting its larger
+            # examples as failures there.
+            epsilons = list(budgets) if other.cell.strength is None else [other.cell.strength]
+            for system in other.cell.systems:
+                for epsilon in epsilons:
+                    for white in _find(
+                        results, threat="adaptive", attack="PGD", strength=epsilon, source=system, variant=""
+                    ):
+                        subject = f"{system}, ε={epsilon:g}: adaptive PGD vs {other.cell.attack.name} {how}"
+                        checks.append(_no_weaker(name, subject, (white, system), (other, system), epsilon))
     for variant in ("2x steps", "2x EoT"):
         for more in _find(results, variant=variant):
             (system,) = more.cell.systems
@@ -143,7 +147,7 @@ def worst_case(results: list[CellResult], budgets: tuple[float, ...]) -> list[di
     at that ε (an L∞ attack run at ε; any other attack whose example lies within ε in L∞), on the images all
     of them share."""
     rows = []
-    for threat in ("transfer", "adaptive", "blackbox"):
+    for threat in THREATS:
         for epsilon in budgets:
             survivors: dict[str, list[np.ndarray]] = {}
             names: dict[str, list[str]] = {}

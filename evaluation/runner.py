@@ -2,7 +2,8 @@
 progress bar, cache each finished cell so an interrupted run resumes where it stopped, then check and report.
 
 Threat models:
-- transfer (gray-box): crafted once on the undefended classifier, replayed through all four systems;
+- transfer (gray-box): crafted once on the undefended classifier, replayed through every system;
+- surrogates: crafted once on an ensemble of classifiers of other architectures, replayed likewise;
 - adaptive (white-box): crafted on each system's own differentiable twin (EoT over the RSE noise, BPDA or the
   exact gradient through the purifier), judged on that system's real graphs;
 - blackbox: Square and HopSkipJump through the running service's HTTP API, queries counted.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 from tqdm import tqdm
 
 from evaluation import attacks as A
@@ -27,21 +29,22 @@ from evaluation.config import EvalConfig
 from evaluation.metrics import cell_figures, perturbation_norms
 from evaluation.recipes import BundleRecipe, recipe_for
 from evaluation.remote import RemoteModel, ServiceProcess
-from evaluation.surrogate import undefended_classifier
+from evaluation.surrogate import Sources
 from evaluation.systems import (
     DEFENDED,
     PURIFIER,
-    RSE,
     UNDEFENDED,
     BundleSystems,
     Defended,
+    EnsembleOnly,
     FlagAware,
     FlagAwareLoss,
     Outcome,
     PurifierOnly,
-    RSEOnly,
     System,
     Undefended,
+    has_noise,
+    torch_probabilities,
 )
 from evaluation.twin import Twin, check_parity, load_twin
 from models.attacks import art_classifier
@@ -51,6 +54,8 @@ from service.runtime import EnsembleEngine, PurifierEngine
 log = logging.getLogger(__name__)
 CPU = ["CPUExecutionProvider"]
 FLAG_AWARE = "flag-aware"
+SURROGATES = "surrogates"
+"""The source of the surrogate-transfer cells: the ensemble of the recipe's surrogate architectures."""
 PARITY_LIMITS = {"ensemble_max_abs_diff": 1e-4, "purifier_mean_abs_diff": 1e-4}
 
 
@@ -60,28 +65,26 @@ class Cell:
     attack: A.Attack
     strength: float | None
     source: str
-    """Where the examples are crafted: "undefended" (transfer), a system's twin, or a system over HTTP."""
+    """Where the examples are crafted: "undefended" (transfer), "surrogates", a system's twin, or a system
+    over HTTP."""
     systems: tuple[str, ...]
     """The systems the examples are judged on."""
     images: int
     config: EvalConfig
     variant: str = ""
     """Non-empty for the sanity checks' extra runs ("large ε", "2x steps", "2x EoT")."""
+    twin_settings: tuple[str, ...] = ()
+    """The config fields the source's adaptive model depends on (see `System.twin_settings`)."""
 
     def settings(self) -> dict[str, Any]:
         """The attack's own settings and the run settings that shape its result."""
-        shaping = {
+        return {
             **self.attack.settings(self.config),
             "seed": self.config.seed,
             "samples": self.config.samples,
             "surrogate_epochs": self.config.surrogate_epochs,
+            **{name: getattr(self.config, name) for name in self.twin_settings},
         }
-        if self.threat == "adaptive" and self.source != UNDEFENDED:
-            shaping |= {
-                "eot_samples": self.config.eot_samples,
-                "purifier_gradient": self.config.purifier_gradient,
-            }
-        return shaping
 
     def key(self) -> str:
         """File name of the cached result: what, where, on how many images, and a hash of the settings, so
@@ -131,14 +134,39 @@ class Evaluation:
         failed = {k: v for k, v in self.parity.items() if v > PARITY_LIMITS.get(k, np.inf)}
         if failed:
             raise RuntimeError(f"the torch twin does not match the ONNX graphs: {failed}")
-        self.surrogate, self.surrogate_figures = undefended_classifier(
-            self.recipe, self.manifest, split.train, cache_dir, epochs=config.surrogate_epochs, device=device
-        )
+        sources = Sources(self.recipe, self.manifest, split.train, cache_dir, config.surrogate_epochs, device)
+        self.surrogate, self.surrogate_figures = sources.undefended()
+        self.sources: dict[str, nn.Module] = {UNDEFENDED: self.surrogate}
+        """The models the non-adaptive white-box threat models craft on, by cell source."""
+        self.transfer_figures: dict[str, Any] = {}
+        if SURROGATES in config.threats:
+            self.sources[SURROGATES], self.transfer_figures = self._surrogates(sources)
         self.systems = self._build_systems(bundle_dir)
+        served = [name for name, system in self.systems.items() if system.http_purify is not None]
+        self.served = tuple(sorted(served, key=lambda name: not self.systems[name].http_purify))
+        """The systems the service serves, its default (purifying where there is a purifier) first."""
+        self.product = self.served[0]
         self.clean = {name: system.outcome(self.test.images) for name, system in self.systems.items()}
         self.results: list[CellResult] = []
         self.cached = 0
         """Cells taken from the cache of an earlier run (their rows keep that run's seconds)."""
+
+    def _surrogates(self, sources: Sources) -> tuple[nn.Module, dict[str, Any]]:
+        """The surrogate ensemble, and its members' figures with their clean accuracy on the test images."""
+        ensemble, members = sources.surrogates()
+
+        def accuracy(model: nn.Module) -> float:
+            return float((torch_probabilities(model, self.test.images).argmax(1) == self.test.labels).mean())
+
+        for model, figures in zip(ensemble.members, members.values(), strict=True):
+            figures["clean_accuracy"] = accuracy(model)
+        figures = {
+            "members": members,
+            "ensemble_clean_accuracy": accuracy(ensemble),
+            "test_images": len(self.test),
+        }
+        log.info("transfer surrogates: %s", figures)
+        return ensemble, figures
 
     def _build_systems(self, bundle_dir: Path) -> dict[str, System]:
         graphs = self.manifest.graphs
@@ -155,10 +183,23 @@ class Evaluation:
             surrogate=self.surrogate,
             samples=self.samples,
         )
-        systems: dict[str, System] = {UNDEFENDED: Undefended(self.surrogate), RSE: RSEOnly(bundle)}
+        members: list[System] = [Undefended(self.surrogate), EnsembleOnly(bundle)]
         if purifier_engine is not None:
-            systems |= {PURIFIER: PurifierOnly(bundle), DEFENDED: Defended(bundle)}
-        return systems
+            members += [PurifierOnly(bundle), Defended(bundle)]
+        return {system.name: system for system in members}
+
+    def _adaptive(
+        self,
+        attack: A.Attack,
+        strength: float | None,
+        name: str,
+        images: int,
+        config: EvalConfig,
+        variant: str = "",
+    ) -> Cell:
+        """A white-box cell crafted on system `name`'s own adaptive model and judged on that system."""
+        twin = self.systems[name].twin_settings
+        return Cell("adaptive", attack, strength, name, (name,), images, config, variant, twin)
 
     # --- planning -----------------------------------------------------------------------------------------
     def plan(self) -> list[Cell]:
@@ -168,59 +209,58 @@ class Evaluation:
         def count(attack: A.Attack, default: int) -> int:
             return config.minimum_norm_images if attack.strength != "epsilon" else default
 
-        white_box, black_box = (
-            tuple(a for a in group if config.attacks is None or a.name in config.attacks)
-            for group in (A.WHITE_BOX, A.BLACK_BOX)
-        )
-        if "transfer" in config.threats:
-            for attack in white_box:
-                for strength in attack.strengths(config, budgets, "transfer"):
+        chosen = {
+            threat: tuple(a for a in group if config.attacks is None or a.name in config.attacks)
+            for threat, group in A.BY_THREAT.items()
+            if threat in config.threats
+        }
+        for threat, source in (("transfer", UNDEFENDED), (SURROGATES, SURROGATES)):
+            for attack in chosen.get(threat, ()):
+                for strength in attack.strengths(config, budgets, threat):
                     n = count(attack, config.transfer_images)
+                    cells.append(Cell(threat, attack, strength, source, tuple(self.systems), n, config))
+        white_box = chosen.get("adaptive", ())
+        for name in self.systems:
+            for attack in white_box:
+                for strength in attack.strengths(config, budgets, "adaptive"):
                     cells.append(
-                        Cell("transfer", attack, strength, UNDEFENDED, tuple(self.systems), n, config)
+                        self._adaptive(attack, strength, name, count(attack, config.adaptive_images), config)
                     )
-        if "adaptive" in config.threats:
-            for name in self.systems:
-                for attack in white_box:
-                    for strength in attack.strengths(config, budgets, "adaptive"):
-                        n = count(attack, config.adaptive_images)
-                        cells.append(Cell("adaptive", attack, strength, name, (name,), n, config))
-            if A.PGD in white_box:
-                # NOTE: the attacks above ignore the flag; these also push the reconstruction z-score,
-                # the flag's strongest score, under its threshold.
-                cells += [
-                    Cell("adaptive", A.PGD, eps, name, (name,), config.adaptive_images, config, FLAG_AWARE)
-                    for name in (PURIFIER, DEFENDED)
-                    if name in self.systems
-                    for eps in budgets
-                ]
-            if config.sanity and A.PGD in white_box:
+        if A.PGD in white_box:
+            # NOTE: the attacks above ignore the flag; these also push the reconstruction z-score,
+            # the flag's strongest score, under its threshold.
+            cells += [
+                self._adaptive(A.PGD, eps, name, config.adaptive_images, config, FLAG_AWARE)
+                for name in (PURIFIER, DEFENDED)
+                if name in self.systems
+                for eps in budgets
+            ]
+            if config.sanity:
                 cells += self._sanity_cells(budgets)
-        if "blackbox" in config.threats:
-            for name in (DEFENDED, RSE):
-                if name not in self.systems:
-                    continue
-                for attack in black_box:
-                    n = config.hsj_images if attack is A.HOP_SKIP_JUMP else config.blackbox_images
-                    for strength in attack.strengths(config, budgets, "blackbox"):
-                        cells.append(Cell("blackbox", attack, strength, f"http:{name}", (name,), n, config))
+        for name in self.served:
+            for attack in chosen.get("blackbox", ()):
+                n = config.hsj_images if attack is A.HOP_SKIP_JUMP else config.blackbox_images
+                for strength in attack.strengths(config, budgets, "blackbox"):
+                    cells.append(Cell("blackbox", attack, strength, f"http:{name}", (name,), n, config))
         return cells
 
     def _sanity_cells(self, budgets: tuple[float, ...]) -> list[Cell]:
         config, n = self.config, self.config.sanity_images
         cells = [
-            Cell("adaptive", A.PGD, self.recipe.large_epsilon, name, (name,), n, config, "large ε")
+            self._adaptive(A.PGD, self.recipe.large_epsilon, name, n, config, "large ε")
             for name in self.systems
         ]
-        strongest = DEFENDED if DEFENDED in self.systems else RSE
         # NOTE: the middle budget, where the attacks do not yet win everywhere; at the largest one every
         # variant reaches 0% and the comparison could not fail.
         middle = budgets[len(budgets) // 2]
         more_steps = replace(config, pgd_steps=2 * config.pgd_steps)
-        cells.append(Cell("adaptive", A.PGD, middle, strongest, (strongest,), n, more_steps, "2x steps"))
+        cells.append(self._adaptive(A.PGD, middle, self.product, n, more_steps, "2x steps"))
         more_draws = replace(config, eot_samples=2 * config.eot_samples)
-        for name in (RSE, strongest) if strongest != RSE else (RSE,):
-            cells.append(Cell("adaptive", A.PGD, middle, name, (name,), n, more_draws, "2x EoT"))
+        # NOTE: only where the twins average noise draws: a deterministic classifier has no EoT to double.
+        if has_noise(self.manifest):
+            cells += [
+                self._adaptive(A.PGD, middle, name, n, more_draws, "2x EoT") for name in reversed(self.served)
+            ]
         return cells
 
     # --- running ------------------------------------------------------------------------------------------
@@ -251,12 +291,12 @@ class Evaluation:
 
     def _run_white_box(self, cell: Cell) -> CellResult:
         images, labels = self.test.images[: cell.images], self.test.labels[: cell.images]
-        if cell.source == UNDEFENDED and cell.threat == "transfer":
-            model = self.surrogate
-        else:
+        if cell.threat == "adaptive":
             model = self.systems[cell.source].adaptive_model(
                 cell.config.eot_samples, cell.config.purifier_gradient
             )
+        else:
+            model = self.sources[cell.source]
         classes, loss = len(self.manifest.classes), None
         if cell.variant == FLAG_AWARE:
             assert self.twin.purifier is not None
@@ -276,11 +316,10 @@ class Evaluation:
         )
         remote = {}
         n = self.config.blackbox_images
-        for name in (DEFENDED, RSE):
-            if name in self.systems:
-                model = RemoteModel(url, self.manifest.name, purify=name == DEFENDED)
-                stack.callback(model.close)
-                remote[name] = (model, model.outcome(self.test.images[:n]))
+        for name in self.served:
+            model = RemoteModel(url, self.manifest.name, purify=bool(self.systems[name].http_purify))
+            stack.callback(model.close)
+            remote[name] = (model, model.outcome(self.test.images[:n]))
         return remote
 
     def _run_blackbox(self, cell: Cell, remote: RemoteModel, clean: Outcome) -> CellResult:
@@ -386,6 +425,34 @@ class Evaluation:
                 per_image.setdefault(system, {})[name] = arrays[key]
         return CellResult(cell, json.loads(paths[0].read_text()), per_image)
 
+    def footing(self) -> dict[str, Any]:
+        """What must be equal for two runs' figures to be compared: the same test images (data, split, how
+        many) attacked at the same budgets with the same preset, image counts and seed, and transfer examples
+        crafted on the same undefended classifier."""
+        data, config = self.manifest.data, self.config
+        return {
+            "dataset": self.recipe.dataset,
+            "undefended_classifier": {
+                k: self.surrogate_figures[k] for k in ("epochs", "seed", "train_images")
+            },
+            "split": {"seed": data.seed, "test": data.test, "calibration": data.calibration},
+            "test_images": len(self.test),
+            "budgets": list(self.budgets),
+            "preset": config.preset,
+            "seed": config.seed,
+            **{
+                name: getattr(config, name)
+                for name in (
+                    "transfer_images",
+                    "adaptive_images",
+                    "minimum_norm_images",
+                    "blackbox_images",
+                    "hsj_images",
+                    "sanity_images",
+                )
+            },
+        }
+
     def summary(self) -> dict[str, Any]:
         """Everything but the cells: what was evaluated, with what, and the clean baseline."""
         return {
@@ -397,12 +464,16 @@ class Evaluation:
             },
             "dataset": self.recipe.dataset,
             "test_images": len(self.test),
+            "footing": self.footing(),
             "samples": self.samples,
+            "defense": None if self.manifest.defense is None else self.manifest.defense.model_dump(),
+            "systems": {name: {"label": s.label, "defense": s.defense} for name, s in self.systems.items()},
             "calibration": self.manifest.calibration.model_dump(),
             "config": asdict(self.config),
             "twin_parity": self.parity,
             "cells_from_cache": self.cached,
             "undefended_classifier": self.surrogate_figures,
+            "transfer_surrogates": self.transfer_figures,
             "clean": {
                 name: {
                     "accuracy": float((o.predictions == self.test.labels).mean()),

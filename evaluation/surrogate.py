@@ -1,8 +1,10 @@
-"""The undefended classifier: the transfer attacks' source and the first of the four systems.
+"""The models attacks are crafted on when they do not know the defense: the undefended classifier (the
+transfer attacks' source and the first of the systems) and the transfer surrogates (other architectures).
 
-The bundle does not ship one (the service has no use for it), so it is retrained here exactly as the recipe
-trains its PGD source: the same architecture with every noise level at 0, the same training split and loop,
-a fixed seed. Training is deterministic on a given machine, and the weights are cached by setting, so a
+The bundle ships neither (the service has no use for them), so they are trained here exactly as the recipe
+trains its PGD source: the undefended classifier is the same architecture with every noise level at 0, the
+surrogates are the recipe's other architectures; all on the bundle's training split, with the shared loop and
+a fixed seed each. Training is deterministic on a given machine, and the weights are cached by setting, so a
 second run reuses them. (The recipe's own source is not bit-identical: its initial weights depend on what the
 recipe trained before it.)
 """
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,40 +23,91 @@ import torch
 from torch import nn
 
 from evaluation.recipes import BundleRecipe
+from evaluation.systems import log_mean_softmax
 from models.data import ImageDataset
-from models.train import train_classifier
+from models.rse import RSEClassifier
+from models.train import TrainConfig, train_classifier
 from service.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
 
-def undefended_classifier(
-    recipe: BundleRecipe,
-    manifest: Manifest,
+class SoftmaxAverage(nn.Module):
+    """An ensemble of classifiers as one: log of their mean softmax, so an attack's gradient follows the
+    ensemble's decision (Dong et al. 2018 fuse logits; averaging probabilities is how our ensembles vote)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return log_mean_softmax(torch.stack([member(x) for member in self.members], dim=1))
+
+
+def _trained(
+    name: str,
+    build: Callable[[], nn.Module],
+    config: TrainConfig,
     train: ImageDataset,
     cache_dir: Path | None,
-    epochs: int | None = None,
-    device: str = "cpu",
+    device: str,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained surrogate (on the CPU) and how it was made (epochs, seed, seconds, cached or not);
-    `device` is where it trains."""
-    config = recipe.surrogate(manifest)
-    config = config if epochs is None else replace(config, epochs=epochs)
-    model = recipe.classifier(manifest, 0.0, 0.0)
+    """`build()` trained on `train` under `config` (on the CPU when returned), or its cached weights, and
+    how it was made (epochs, seed, seconds, cached or not)."""
     figures: dict[str, Any] = {"epochs": config.epochs, "seed": config.seed, "train_images": len(train)}
-    path = None if cache_dir is None else cache_dir / f"undefended-e{config.epochs}-s{config.seed}.pt"
+    path = None if cache_dir is None else cache_dir / f"{name}-e{config.epochs}-s{config.seed}.pt"
     if path is not None and path.is_file():
+        model = build()
         model.load_state_dict(torch.load(path, weights_only=True))
-        log.info("undefended classifier loaded from %s", path)
+        log.info("%s loaded from %s", name, path)
         return model.eval(), figures | {"cached": str(path)}
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    model = recipe.classifier(manifest, 0.0, 0.0).to(device)
+    model = build().to(device)
     train_classifier(model, train, config)
     model = model.cpu()
     figures["train_seconds"] = round(time.perf_counter() - started, 1)
-    log.info("undefended classifier trained in %.1f s", figures["train_seconds"])
+    log.info("%s trained in %.1f s", name, figures["train_seconds"])
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)
     return model.eval(), figures
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Trains, or loads from `cache_dir`, the models one bundle's attacks are crafted on, all on its training
+    split under the recipe's settings (`epochs` overriding its count) on `device`."""
+
+    recipe: BundleRecipe
+    manifest: Manifest
+    train: ImageDataset
+    cache_dir: Path | None
+    epochs: int | None = None
+    device: str = "cpu"
+
+    def _config(self) -> TrainConfig:
+        config = self.recipe.surrogate(self.manifest)
+        return config if self.epochs is None else replace(config, epochs=self.epochs)
+
+    def undefended(self) -> tuple[nn.Module, dict[str, Any]]:
+        """The bundle's architecture without noise, trained plainly."""
+        build = partial(self.recipe.classifier, self.manifest, 0.0, 0.0)
+        return _trained("undefended", build, self._config(), self.train, self.cache_dir, self.device)
+
+    def surrogates(self) -> tuple[SoftmaxAverage, dict[str, dict[str, Any]]]:
+        """The recipe's surrogate architectures, trained like the undefended classifier but each with its own
+        seed (the undefended classifier's + 1, + 2, ...), as one ensemble; and the figures of each."""
+        base = self._config()
+        members, figures = [], {}
+        for offset, (name, architecture) in enumerate(self.recipe.surrogates.items(), start=1):
+            model, figures[name] = _trained(
+                f"surrogate-{name}",
+                partial(RSEClassifier, architecture, 0.0, 0.0),
+                replace(base, seed=base.seed + offset),
+                self.train,
+                self.cache_dir,
+                self.device,
+            )
+            members.append(model)
+        return SoftmaxAverage(members).eval(), figures

@@ -1,15 +1,23 @@
-"""The four systems one run compares, each with two faces.
+"""The systems one run compares, each with two faces.
+
+An RSE/APuDAE bundle gives four: the undefended classifier, RSE only, purifier only, purifier + RSE. A bundle
+hardened at training time (AMC, Deep Defense, ...) gives two: the undefended classifier and its own
+deterministic classifier, named for its defense, so that results of different bundles never share a name
+for different models.
 
 - `outcome(images)`: what the system answers, computed on the exported ONNX graphs through the service's own
   pipeline code (the undefended classifier, which is not in the bundle, runs in torch), with the flag scores
   and the bundle's calibrated thresholds applied to the scores the system has.
-- `adaptive_model()`: a differentiable torch model of the same system for white-box attacks: the RSE
-  classifier twin averaged over k noise draws (EoT), behind the purifier passed straight through (BPDA: the
-  served purifier graph forward, identity backward) or differentiated exactly through its T unrolled steps.
+- `adaptive_model()`: a differentiable torch model of the same system for white-box attacks: the classifier
+  twin, averaged over k noise draws (EoT) where it has RSE noise, behind the purifier passed straight through
+  (BPDA: the served purifier graph forward, identity backward) or differentiated exactly through its T
+  unrolled steps.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -32,6 +40,11 @@ LABELS = {
     PURIFIER: "purifier only",
     DEFENDED: "purifier + RSE (served)",
 }
+"""How one bundle's report names its systems."""
+DEFENSE_NAMES = {UNDEFENDED: "undefended", RSE: "RSE", PURIFIER: "APuDAE", DEFENDED: "RSE+APuDAE"}
+"""How a comparison across bundles names them: by the defenses at work."""
+TWIN_SETTINGS = ("eot_samples", "purifier_gradient")
+"""The run settings an adaptive model of a bundle with noise or a purifier depends on."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +60,15 @@ class Outcome:
         return len(self.predictions)
 
 
+def log_mean_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """[B, n, K] logits of n passes -> [B, K] log of their mean softmax: how RSE and every ensemble here
+    combine passes (probabilities, not logits), in a form whose gradient attacks can use."""
+    return torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=1) - math.log(logits.shape[1])
+
+
 class ExpectationOverNoise(nn.Module):
     """log of the softmax averaged over k forward passes: each pass draws its own RSE noise, so the gradient
-    of this output is the EoT gradient of the ensemble's decision (RSE averages softmax, not logits)."""
+    of this output is the EoT gradient of the ensemble's decision."""
 
     def __init__(self, model: nn.Module, samples: int) -> None:
         super().__init__()
@@ -58,8 +77,7 @@ class ExpectationOverNoise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.repeat_interleave(self.samples, dim=0)
-        log_probs = torch.log_softmax(self.model(rows), dim=-1).view(len(x), self.samples, -1)
-        return torch.logsumexp(log_probs, dim=1) - np.log(self.samples)
+        return log_mean_softmax(self.model(rows).view(len(x), self.samples, -1))
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -138,8 +156,28 @@ def torch_probabilities(model: nn.Module, images: np.ndarray, batch: int = 250) 
     return np.concatenate(parts)
 
 
+def has_noise(manifest: Manifest) -> bool:
+    """Whether the bundle's classifier draws RSE noise (training-time defenses export theirs without)."""
+    return manifest.rse.sigma_init > 0 or manifest.rse.sigma_inner > 0
+
+
+def slug(name: str) -> str:
+    """A defense's name as a system key: "Deep Defense" -> "deep-defense"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 class System(ABC):
     name: str
+    label: str
+    """How this bundle's report names the system."""
+    defense: str
+    """How a comparison across bundles names it."""
+    http_purify: bool | None = None
+    """The `purify` option under which the service serves this system; None where it does not serve it (the
+    black-box threat model can only attack what the service serves)."""
+    twin_settings: tuple[str, ...] = ()
+    """The run settings (EvalConfig fields) its adaptive model depends on: recorded with, and keying the cache
+    of, every adaptive cell crafted on it."""
 
     @abstractmethod
     def outcome(self, images: np.ndarray) -> Outcome: ...
@@ -151,7 +189,7 @@ class System(ABC):
 
 
 class Undefended(System):
-    name = UNDEFENDED
+    name, label, defense = UNDEFENDED, LABELS[UNDEFENDED], DEFENSE_NAMES[UNDEFENDED]
 
     def __init__(self, classifier: nn.Module) -> None:
         self.classifier = classifier.eval()
@@ -180,6 +218,13 @@ class BundleSystems:
     def thresholds(self) -> dict[str, float]:
         return self.manifest.calibration.thresholds
 
+    def classifier_model(self, eot_samples: int) -> nn.Module:
+        """The twin classifier as an attack sees the ensemble: averaged over k noise draws (EoT) where it
+        has noise; a deterministic one as it is (k identical passes would only cost k times more)."""
+        if not has_noise(self.manifest):
+            return self.twin_classifier
+        return ExpectationOverNoise(self.twin_classifier, eot_samples)
+
     def purify_module(self, gradient: str) -> nn.Module:
         if self.purifier_engine is None or self.twin_purifier is None:
             raise ValueError(f"{self.manifest.name} has no purifier")
@@ -194,23 +239,34 @@ class BundleSystems:
         return Outcome(result.summary.class_index, result.scores, flagged(result.scores, self.thresholds))
 
 
-class RSEOnly(System):
-    name = RSE
+class EnsembleOnly(System):
+    """The bundle's ensemble graph without purification: RSE's self-ensemble, or, for a bundle hardened at
+    training time, its deterministic classifier, named for its defense ("amc", label "AMC")."""
+
+    http_purify = False
 
     def __init__(self, bundle: BundleSystems) -> None:
         self.bundle = bundle
+        defense = bundle.manifest.defense
+        if defense is None:
+            self.name, self.label, self.defense = RSE, LABELS[RSE], DEFENSE_NAMES[RSE]
+        else:
+            self.name, self.label, self.defense = slug(defense.name), defense.name, defense.name
+        if has_noise(bundle.manifest) or bundle.purifier_engine is not None:
+            self.twin_settings = TWIN_SETTINGS
 
     def outcome(self, images: np.ndarray) -> Outcome:
         return self.bundle.pipeline(images, purify=False)
 
     def adaptive_model(self, eot_samples: int, purifier_gradient: str) -> nn.Module:
-        return ExpectationOverNoise(self.bundle.twin_classifier, eot_samples)
+        return self.bundle.classifier_model(eot_samples)
 
 
 class PurifierOnly(System):
     """The bundle's purifier in front of the undefended classifier: APuDAE's own setting (a plain classifier)."""
 
-    name = PURIFIER
+    name, label, defense = PURIFIER, LABELS[PURIFIER], DEFENSE_NAMES[PURIFIER]
+    twin_settings = TWIN_SETTINGS
 
     def __init__(self, bundle: BundleSystems) -> None:
         self.bundle = bundle
@@ -236,7 +292,9 @@ class PurifierOnly(System):
 class Defended(System):
     """What the service serves: purifier, then the RSE self-ensemble."""
 
-    name = DEFENDED
+    name, label, defense = DEFENDED, LABELS[DEFENDED], DEFENSE_NAMES[DEFENDED]
+    http_purify = True
+    twin_settings = TWIN_SETTINGS
 
     def __init__(self, bundle: BundleSystems) -> None:
         self.bundle = bundle
@@ -249,6 +307,5 @@ class Defended(System):
         # would cost k times more, for noise far smaller than RSE's (at most 4ε = 2.8/255 per pixel and step,
         # against sigma = 0.2 on the pixels).
         return nn.Sequential(
-            self.bundle.purify_module(purifier_gradient),
-            ExpectationOverNoise(self.bundle.twin_classifier, eot_samples),
+            self.bundle.purify_module(purifier_gradient), self.bundle.classifier_model(eot_samples)
         )

@@ -4,48 +4,22 @@ real service over HTTP. Asserts only what a handful of images can show honestly.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
 
-import pytest
-import torch
-
-from evaluation.__main__ import main
 from evaluation.runner import PARITY_LIMITS
-from tests.conftest import bundle_dir
-
-
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
-    out = tmp_path_factory.mktemp("report")
-    threads = torch.get_num_threads()
-    try:
-        results = main(["--quick", "--bundle", str(bundle_dir()), "--out", str(out), "--no-cache"])
-    finally:
-        torch.set_num_threads(threads)
-    return results, out
-
-
-def _row(results: dict[str, Any], threat: str, attack: str, system: str) -> dict[str, Any]:
-    (row,) = [
-        r
-        for r in results["cells"]
-        if (r["threat"], r["attack"], r["system"], r["variant"]) == (threat, attack, system, "")
-    ]
-    return row
+from tests.evaluation.conftest import row
 
 
 def test_undefended_falls_and_the_defense_holds_on_gray_box_pgd(quick) -> None:
     results, _ = quick
-    undefended = _row(results, "transfer", "PGD", "undefended")
-    defended = _row(results, "transfer", "PGD", "purifier+rse")
+    undefended = row(results, "transfer", "PGD", "undefended")
+    defended = row(results, "transfer", "PGD", "purifier+rse")
     assert undefended["strength"] == 0.3 and undefended["images"] >= 40
     assert undefended["accuracy"] < 0.10
     assert defended["accuracy"] > undefended["accuracy"]
 
 
 def test_the_flag_separates_gray_box_pgd_from_clean(quick) -> None:
-    auc = _row(quick[0], "transfer", "PGD", "purifier+rse")["auc"]
+    auc = row(quick[0], "transfer", "PGD", "purifier+rse")["auc"]
     assert auc["combined_flag"] > 0.5
     assert auc["reconstruction"] > 0.5
 
@@ -58,12 +32,15 @@ def test_the_twin_matched_the_graphs(quick) -> None:
 
 def test_every_threat_model_ran_and_black_box_counted_queries(quick) -> None:
     results, _ = quick
-    assert {r["threat"] for r in results["cells"]} == {"transfer", "adaptive", "blackbox"}
+    assert {r["threat"] for r in results["cells"]} == {"transfer", "surrogates", "adaptive", "blackbox"}
     assert {r["system"] for r in results["cells"]} == {"undefended", "rse", "purifier", "purifier+rse"}
+    surrogates = [r for r in results["cells"] if r["threat"] == "surrogates"]
+    assert {r["system"] for r in surrogates} == set(results["summary"]["clean"])
+    assert all(r["attack"] == "MI-FGSM" and r["params"]["decay"] == 1.0 for r in surrogates)
     black = [r for r in results["cells"] if r["threat"] == "blackbox"]
     assert {r["attack"] for r in black} == {"Square", "HopSkipJump"}
     assert all(r["queries"] > 0 and r["requests"] > 0 for r in black)
-    adaptive = _row(results, "adaptive", "PGD", "purifier+rse")
+    adaptive = row(results, "adaptive", "PGD", "purifier+rse")
     assert adaptive["params"]["eot_samples"] == 2 and adaptive["params"]["purifier_gradient"] == "bpda"
     flag_aware = [r for r in results["cells"] if r["variant"] == "flag-aware"]
     assert {r["system"] for r in flag_aware} == {"purifier", "purifier+rse"}
