@@ -120,7 +120,9 @@ def harden(args: argparse.Namespace, model: nn.Module, split: Split) -> dict[str
         settings = CascadeAttacks()
         subset = train
         if args.finetune_images:
-            subset = train.subset(np.random.default_rng(args.seed + 1).permutation(len(train))[: args.finetune_images])
+            subset = train.subset(
+                np.random.default_rng(args.seed + 1).permutation(len(train))[: args.finetune_images]
+            )
         _, cascade = train_cascade(model, subset, args.stages, finetuning, settings)
         return {
             **figures,
