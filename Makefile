@@ -18,7 +18,7 @@ BUNDLE ?= model_repository/mnist-rse-apudae/1
 EVAL_ARGS ?=
 CIFAR10_DATA ?= ../shared/data
 
-.PHONY: serve test check-deploy models examples bench soak eval cifar10 lint format clean
+.PHONY: serve test check-deploy models defenses examples bench soak eval cifar10 lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ check-deploy: $(VENV)/.deploy-deps  ## lint, render, validate and scan the Docke
 
 models: $(VENV)/.dev-deps  ## retrain and re-export the shipped bundle(s)
 	$(BIN)/python -m export.mnist_rse --out model_repository --name mnist-rse-apudae --purifier --examples examples
+
+defenses: $(VENV)/.dev-deps  ## retrain and re-export the AMC, Deep Defense and Seiler MNIST bundles
+	$(BIN)/python -m export.mnist_defenses --defense seiler --out model_repository
+	$(BIN)/python -m export.mnist_defenses --defense deep-defense --defense-epochs 1 --out model_repository
+	$(BIN)/python -m export.mnist_defenses --defense amc --defense-epochs 1 --finetune-images 640 --out model_repository
 
 bench: $(VENV)/.dev-deps  ## speed vs the naive way: engine, HTTP under locust, FLOP/s (reports/bench/)
 	$(PIP) -e '.[cpu,train,dev,bench]'

