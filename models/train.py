@@ -98,6 +98,8 @@ def run_epochs(
         for index in batches:
             optimizer.zero_grad(set_to_none=True)
             loss = batch_loss(index)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} in epoch {epoch + 1}")
             loss.backward()
             optimizer.step()
             if schedule is not None:
