@@ -138,11 +138,7 @@ def cascade_batch(
     adversarial = images.clone()
     for name, index in zip(ATTACK_ORDER[:stage], attack_shares(len(images), stage, generator), strict=True):
         if len(index):
-            crafted = attacks[name](images[index], labels[index])
-            # NOTE: ART's EAD returned non-finite pixels for some images during stage 3 (the loss went NaN);
-            # those images stay clean.
-            finite = torch.isfinite(crafted.flatten(1)).all(dim=1)
-            adversarial[index[finite]] = crafted[finite]
+            adversarial[index] = attacks[name](images[index], labels[index])
     return adversarial
 
 

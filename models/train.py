@@ -96,8 +96,11 @@ def run_epochs(
         total, seen = 0.0, 0
         batches = tqdm(order.split(batch_size), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
         for index in batches:
-            optimizer.zero_grad(set_to_none=True)
             loss = batch_loss(index)
+            # NOTE: zeroed after the loss is built, not before: a loss that crafts attacks (AMC's, through
+            # ART's estimators) leaves the weights' gradients of every attack step in `.grad`, and EAD's 32
+            # steps of them once blew a cascade's weights up in one optimiser step.
+            optimizer.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} in epoch {epoch + 1}")
             loss.backward()
