@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--finetune-images",
         type=int,
-        help="AMC: fine-tune the stages on a random subset (ART's EAD takes over a minute per batch of 64)",
+        help="fine-tune on a random subset of the training images (for AMC: ART's EAD takes over a minute "
+        "per batch of 64)",
     )
     parser.add_argument("--train-images", type=int, help="train on a random subset (quick runs, CI)")
     parser.add_argument("--target-fpr", type=float, default=0.05, help="flag false-positive target")
@@ -114,28 +115,28 @@ def harden(args: argparse.Namespace, model: nn.Module, split: Split) -> dict[str
     log.info("seed model: %s, test accuracy %.4f", seed_figures, plain_accuracy)
     figures: dict[str, Any] = {f"seed_model_{k}": v for k, v in seed_figures.items()}
     figures["seed_model_test_accuracy"] = round(plain_accuracy, 4)
+    subset = train
+    if args.finetune_images:
+        subset = train.subset(
+            np.random.default_rng(args.seed + 1).permutation(len(train))[: args.finetune_images]
+        )
+    figures["finetune_images"] = len(subset)
     if args.defense == "amc":
         finetuning = FinetuneConfig(
             epochs=args.defense_epochs, lr=args.finetune_lr or 0.01, weight_decay=1e-4, seed=args.seed
         )
         settings = CascadeAttacks()
-        subset = train
-        if args.finetune_images:
-            subset = train.subset(
-                np.random.default_rng(args.seed + 1).permutation(len(train))[: args.finetune_images]
-            )
         _, cascade = train_cascade(model, subset, args.stages, finetuning, settings)
         return {
             **figures,
             **cascade,
             **{f"finetune_{k}": v for k, v in asdict(finetuning).items()},
-            "finetune_images": len(subset),
         }
     config = DeepDefenseConfig()
     test = split.test.subset(np.arange(min(args.rho_images, len(split.test))))
     before = mean_rho(model, test.images, test.labels)
     finetuning = FinetuneConfig(epochs=args.defense_epochs, lr=args.finetune_lr or 5e-4, seed=args.seed)
-    result = finetune(model, train, finetuning, deep_defense_loss(config))
+    result = finetune(model, subset, finetuning, deep_defense_loss(config))
     after = mean_rho(model, test.images, test.labels)
     log.info("Deep Defense: rho2 %s -> %s", before, after)
     return {

@@ -110,6 +110,8 @@ def package(
     calibration = run_pipeline_batched(
         ensemble, engine, spec, split.calibration.images, samples, purify=engine is not None
     )
+    if not np.isfinite(calibration.summary.mean_probabilities).all():
+        raise FloatingPointError("the exported classifier answers NaN: its training diverged")
     if purifier is not None:
         names = [RECONSTRUCTION, DISAGREEMENT, CHANGED_LABEL]
     elif classifier.sigma_init == 0 and classifier.sigma_inner == 0:

@@ -92,7 +92,8 @@ def deepfool(
         grads = _class_gradients(logits, x, columns, create_graph=differentiable)
         w = grads[:, 1:] - grads[:, :1]
         f = logits.gather(1, columns[:, 1:]) - logits.gather(1, columns[:, :1])
-        w_norm = w.flatten(2).norm(dim=2).clamp_min(1e-8)
+        # NOTE: not `.norm()`, whose gradient at w = 0 (a dead network's) is NaN and poisons the weights.
+        w_norm = torch.sqrt(w.flatten(2).pow(2).sum(dim=2) + 1e-16)
         distance = f.abs() / w_norm
         nearest = distance.argmin(dim=1)
         pick = torch.arange(batch)

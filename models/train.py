@@ -104,6 +104,7 @@ def run_epochs(
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} in epoch {epoch + 1}")
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"), error_if_nonfinite=True)
             optimizer.step()
             if schedule is not None:
                 schedule.step()

@@ -53,19 +53,28 @@ def mnist_split(shipped_manifest: Manifest):
 
 
 @pytest.fixture(scope="session")
-def client() -> Iterator[TestClient]:
-    """The real app over the shipped repository, lifespan included (bundle load + warm-up)."""
+def default_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository holding the default bundle alone. The service's tests reason about one model; the other
+    shipped bundles (the training-time defenses) are served and checked in test_shipped_defenses.py."""
+    target = tmp_path_factory.mktemp("default") / "model_repository"
+    shutil.copytree(SHIPPED_REPOSITORY / DEFAULT_MODEL, target / DEFAULT_MODEL)
+    return target
+
+
+@pytest.fixture(scope="session")
+def client(default_repository: Path) -> Iterator[TestClient]:
+    """The real app over the default bundle, lifespan included (bundle load + warm-up)."""
     with TestClient(
-        create_app(Settings(model_repository=SHIPPED_REPOSITORY, max_instances=8))
+        create_app(Settings(model_repository=default_repository, max_instances=8))
     ) as test_client:
         yield test_client
 
 
 @pytest.fixture
 def repository_copy(tmp_path: Path) -> Path:
-    """A writable copy of the shipped repository, for tests that break bundles."""
+    """A writable copy of the shipped default bundle's repository, for tests that break bundles."""
     target = tmp_path / "model_repository"
-    shutil.copytree(SHIPPED_REPOSITORY, target)
+    shutil.copytree(SHIPPED_REPOSITORY / DEFAULT_MODEL, target / DEFAULT_MODEL)
     return target
 
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLES, free_port, serve
+from tests.conftest import DEFAULT_MODEL, EXAMPLES, free_port, serve
 from tests.deploy.conftest import ADAPTER_RULES, DASHBOARD, NAMESPACE, RELEASE, render
 
 # Metrics from exporters other than ours: their queries must parse; data comes only in a real cluster.
@@ -219,8 +219,9 @@ def test_recording_rules_return_data_and_only_the_attack_alert_fires(monitored: 
     firing = {rule["alert"] for rule in all_rules if "alert" in rule and monitored.query(rule["expr"])}
     # Half the traffic is adversarial: far above the 6.9% clean baseline. Nothing else is wrong.
     assert firing == {"DefendedFlaggedRateAboveBaseline"}
-    (share,) = monitored.query("defended:flagged:ratio_rate10m")
-    (baseline,) = monitored.query("defended:flag_rate_baseline:max")
+    # NOTE: every shipped bundle is served; the traffic went to the default one.
+    (share,) = monitored.query(f'defended:flagged:ratio_rate10m{{model="{DEFAULT_MODEL}"}}')
+    (baseline,) = monitored.query(f'defended:flag_rate_baseline:max{{model="{DEFAULT_MODEL}"}}')
     assert float(baseline["value"][1]) == pytest.approx(0.069)
     assert 0.4 <= float(share["value"][1]) <= 1.0
 

@@ -15,7 +15,12 @@ from service.manifest import load_manifest
 from service.settings import Settings
 from tests.conftest import EXAMPLES
 
-QUICK = ["--epochs", "1", "--defense-epochs", "1", "--train-images", "128", "--rho-images", "40"]
+# NOTE: the plain seed model trains enough to be right on most digits: Deep Defense's exp(d·ρ) penalty on
+# misclassified digits sends a 17%-accurate seed model's weights to NaN (which the packaging refuses).
+QUICK = [
+    *("--epochs", "3", "--train-images", "384"),
+    *("--defense-epochs", "1", "--finetune-images", "64", "--rho-images", "40"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,7 @@ def test_quick_recipe_writes_a_deterministic_calibrated_bundle(repository: Path,
     assert manifest.purifier is None and set(manifest.calibration.thresholds) == {"entropy"}
     graph = onnx.load(str(bundle / manifest.graphs["ensemble"].path)).graph
     assert not [node.op_type for node in graph.node if node.op_type.startswith("Random")]
-    assert manifest.data.train == 128 and manifest.data.test == 1000
+    assert manifest.data.train == 384 and manifest.data.test == 1000
     training = manifest.training
     if defense == "amc":
         assert manifest.defense.settings["amc_attack_order"] == ["FGSM", "VAT", "EAD", "PGD"]
@@ -46,7 +51,9 @@ def test_quick_recipe_writes_a_deterministic_calibrated_bundle(repository: Path,
 
 
 def test_the_service_serves_every_defense_bundle(repository: Path) -> None:
-    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in sorted(EXAMPLES.glob("digit-*.png"))]
+    files = [
+        ("files", (p.name, p.read_bytes(), "image/png")) for p in sorted(EXAMPLES.glob("digit-*.png"))[:5]
+    ]
     with TestClient(
         create_app(Settings(model_repository=repository, default_model="mnist-seiler"))
     ) as client:
@@ -60,4 +67,4 @@ def test_the_service_serves_every_defense_bundle(repository: Path) -> None:
                 assert prediction["ensemble"]["samples"] == 1
                 assert set(prediction["flags"]["scores"]) >= {"entropy"}
             too_many = client.post(f"/v1/models/{spec['bundle']}/predict?samples=2", files=files[:1])
-            assert too_many.status_code == 400 and "samples" in too_many.json()["error"]
+            assert too_many.status_code == 422 and "samples" in too_many.json()["error"]
