@@ -248,7 +248,11 @@ def test_new_version_is_picked_up_under_load(
     assert versions[:8] == [old] * 8 and versions[-1] == new, versions
     assert all(version == new for after_new, version in records if after_new), records
     assert triton.get_model_metadata(DEFAULT_MODEL)["versions"] == [new]
-    index = {entry["version"]: entry for entry in triton.get_model_repository_index()}
+    index = {
+        entry["version"]: entry
+        for entry in triton.get_model_repository_index()
+        if entry["name"] == DEFAULT_MODEL  # the other shipped bundles are served too
+    }
     assert index[new]["state"] == "READY" and index[old]["state"] == "UNAVAILABLE"
 
     metrics = _metrics(server)
@@ -258,7 +262,11 @@ def test_new_version_is_picked_up_under_load(
 
     assert sample("defended_model_loads_total", version=new, outcome="loaded") == 1
     assert sample("defended_model_loads_total", version=old, outcome="unloaded") == 1
-    info = [labels for (name, labels) in metrics if name == "defended_model_info"]
+    info = [
+        labels
+        for (name, labels) in metrics
+        if name == "defended_model_info" and dict(labels)["model"] == DEFAULT_MODEL
+    ]
     assert [dict(labels)["version"] for labels in info] == [new]
     assert sample("defended_engine_batch_images_count", version=new) >= 12
     log = server.log()
