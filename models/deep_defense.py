@@ -40,8 +40,7 @@ def _class_gradients(
     """∂ logits[i, classes[i, j]] / ∂ x[i] for every image i and column j: [B, J, *x.shape[1:]].
 
     Each image's logits depend on that image alone (the model runs in eval mode), so the gradient of a sum
-    over the batch is the stack of per-image gradients: one backward pass per column. (Batching the J passes
-    with `is_grads_batched` measured twice as slow with `create_graph` on this CPU.)
+    over the batch is the stack of per-image gradients: one backward pass per column.
     """
     columns = []
     for j in range(classes.shape[1]):

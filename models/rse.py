@@ -110,6 +110,11 @@ def noise_layers(model: nn.Module) -> list[GaussianNoise]:
     return [module for module in model.modules() if isinstance(module, GaussianNoise)]
 
 
+def draws_noise(model: nn.Module) -> bool:
+    """Whether any noise layer adds noise: the training-time defenses use the same networks with all at 0."""
+    return any(layer.sigma > 0 for layer in noise_layers(model))
+
+
 @contextmanager
 def noise_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Deterministic mode, for parity tests only: every noise layer passes its input through."""
