@@ -3,7 +3,8 @@
 On SIGTERM (Kubernetes' stop signal) readiness flips to 503 at once and new predictions are refused, so
 the endpoint is taken out of rotation; requests already accepted finish (bounded by the drain timeout),
 the batchers drain, and the process exits 0. Stock uvicorn re-raises the signal after its graceful
-shutdown, which turns a clean drain into exit status -15; this server does not.
+shutdown, which turns a clean drain into exit status -15; this server does not, and ignores repeated stop
+signals while the drained process exits.
 """
 
 from __future__ import annotations
@@ -38,13 +39,20 @@ class DrainingServer(uvicorn.Server):
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
-        """uvicorn's handlers, restored afterwards, without re-raising the signal once drained."""
+        """Our handler for the stop signals while serving; once the server has stopped, they are ignored.
+
+        Neither uvicorn's re-raise nor the default handler may come back afterwards: Python's finalization
+        (seconds, with onnxruntime sessions to free) would let a repeated SIGTERM (an operator's second
+        `kill`, a supervisor's retry) kill a process that had already drained cleanly, turning exit 0 into
+        -15. Ignoring is the one disposition finalization leaves in place; SIGKILL still ends a stuck exit.
+        """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self.handle_exit)
         try:
             yield
         finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
