@@ -93,7 +93,10 @@ def _cifar_split(manifest: Manifest, data: Path | None) -> Split:
         raise ValueError(
             "CIFAR-10 bundles need --data (a folder with the CIFAR-10 JPEG zips, or the batches)"
         )
-    return load_split(data, calibration=manifest.data.calibration, seed=manifest.data.seed)
+    # NOTE: the bundle's own test images: all 10,000, or the stratified subset its recipe measured on.
+    return load_split(
+        data, calibration=manifest.data.calibration, seed=manifest.data.seed, test_images=manifest.data.test
+    )
 
 
 def _cifar_classifier(manifest: Manifest, sigma_init: float, sigma_inner: float) -> nn.Module:

