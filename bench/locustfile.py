@@ -1,6 +1,7 @@
-"""Locust user for `make bench` and `make soak`: each user posts one clean example digit (JSON, base64) per
-request, cycling through examples/digit-*.png, back to back (or at a constant rate when BENCH_RATE_PER_USER
-is set). Some of these digits are skipped by adaptive compute and some are purified.
+"""Locust user for `make bench` and `make soak`: each user posts one clean image (JSON, base64) per request,
+cycling through the PNG files in BENCH_IMAGES (the bench writes test images of the benched bundle there;
+examples/digit-*.png when unset), back to back (or at a constant rate when BENCH_RATE_PER_USER is set). Some
+of these images are skipped by adaptive compute and some are purified.
 
 With SOAK_EXPECTED (the engine's labels for the examples, JSON) and SOAK_TALLY (a file), every answer is
 sorted into correct / wrong / refused (503, 429) / lost (anything else, timeouts included), and the tally
@@ -17,7 +18,12 @@ from pathlib import Path
 from locust import constant, constant_throughput, events, task
 from locust.contrib.fasthttp import FastHttpUser
 
-EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("digit-*.png"))
+IMAGES = os.environ.get("BENCH_IMAGES")
+EXAMPLES = (
+    sorted(Path(IMAGES).glob("*.png"))
+    if IMAGES
+    else sorted((Path(__file__).resolve().parent.parent / "examples").glob("digit-*.png"))
+)
 BODIES = [json.dumps({"instances": [base64.b64encode(path.read_bytes()).decode()]}) for path in EXAMPLES]
 EXPECTED = json.loads(os.environ.get("SOAK_EXPECTED", "null"))
 TALLY_FILE = os.environ.get("SOAK_TALLY")

@@ -50,7 +50,12 @@ def build_registry(settings: Settings, metrics: ServiceMetrics) -> ModelRegistry
         {name: frozenset(map(str, versions)) for name, versions in settings.model_versions.items()},
     )
     options = LoadOptions(
-        providers, settings.intra_op_threads, settings.noise_seed, settings.warmup, settings.purify_skip_z
+        providers,
+        settings.intra_op_threads,
+        settings.noise_seed,
+        settings.warmup,
+        settings.purify_skip_z,
+        settings.max_rows_per_call,
     )
     return ModelRegistry(
         settings.model_repository, options, policy, protected=[settings.default_model], metrics=metrics

@@ -98,6 +98,8 @@ class LoadOptions:
     warmup: bool = True
     skip_z: float | None = None
     """Adaptive compute threshold given to every loaded model (see `LoadedModel.skip_z`)."""
+    max_rows: int = 0
+    """Graph rows per onnxruntime call on CPU (see `GraphEngine._run`); 0: no limit."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ def load_bundle(bundle_dir: Path, options: LoadOptions) -> LoadedModel:
             providers=options.providers,
             intra_op_threads=options.intra_op_threads,
             seed=options.seed,
+            max_rows=options.max_rows,
         )
         inputs, outputs = engine.io_names()
         if inputs != graph.inputs or outputs != graph.outputs:

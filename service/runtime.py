@@ -58,10 +58,34 @@ class GraphEngine:
     """One onnxruntime session over one graph of a bundle."""
 
     def __init__(
-        self, path: Path, *, providers: list[str], intra_op_threads: int = 0, seed: int | None = None
+        self,
+        path: Path,
+        *,
+        providers: list[str],
+        intra_op_threads: int = 0,
+        seed: int | None = None,
+        max_rows: int = 0,
     ) -> None:
         self.session = create_session(path, providers=providers, intra_op_threads=intra_op_threads, seed=seed)
         self.provider = self.session.get_providers()[0]
+        # NOTE: CPU only: there a call's activations must stay in cache (docs/PERFORMANCE.md), while a GPU
+        # wants the largest call it can get.
+        self.max_rows = max_rows if self.provider == CPU else 0
+
+    def _run(
+        self, outputs: list[str], images: np.ndarray, rows_per_image: int = 1, **feeds: np.ndarray
+    ) -> list[np.ndarray]:
+        """`outputs` for `images`, in calls of at most `max_rows` graph rows (`rows_per_image` each),
+        concatenated along the batch; one call when unlimited."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        step = max(1, self.max_rows // rows_per_image if self.max_rows else len(images))
+        parts = [
+            self.session.run(outputs, {"images": images[start : start + step], **feeds})
+            for start in range(0, max(len(images), 1), step)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate(column) for column in zip(*parts, strict=True)]
 
     def io_names(self) -> tuple[list[str], list[str]]:
         return [n.name for n in self.session.get_inputs()], [n.name for n in self.session.get_outputs()]
@@ -72,11 +96,7 @@ class EnsembleEngine(GraphEngine):
 
     def run(self, images: np.ndarray, samples: int) -> np.ndarray:
         """images float32 [B, C, H, W] -> probabilities float32 [B, N, K]."""
-        feeds = {
-            "images": np.ascontiguousarray(images, dtype=np.float32),
-            "samples": np.asarray(samples, dtype=np.int64),
-        }
-        return self.session.run(["probabilities"], feeds)[0]
+        return self._run(["probabilities"], images, samples, samples=np.asarray(samples, dtype=np.int64))[0]
 
 
 class PurifierEngine(GraphEngine):
@@ -84,10 +104,7 @@ class PurifierEngine(GraphEngine):
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """images [B,C,H,W] -> (purified [B,C,H,W], error before [B], error after [B])."""
-        purified, before, after = self.session.run(
-            ["purified", "error_before", "error_after"],
-            {"images": np.ascontiguousarray(images, dtype=np.float32)},
-        )
+        purified, before, after = self._run(["purified", "error_before", "error_after"], images)
         return purified, before, after
 
 
@@ -96,9 +113,7 @@ class ScreenEngine(GraphEngine):
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """images [B,C,H,W] -> reconstruction error [B] (the purifier's `error_before`)."""
-        return self.session.run(["error_before"], {"images": np.ascontiguousarray(images, dtype=np.float32)})[
-            0
-        ]
+        return self._run(["error_before"], images)[0]
 
 
 ENGINES: dict[str, type[GraphEngine]] = {

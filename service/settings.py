@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     """onnxruntime threads inside one engine call (0: one per core). On CPU one thread per call and one
     call per core is faster than one call spread over every core: the small convolutions scale poorly
     across threads and the in-graph noise generator runs on one thread anyway (docs/PERFORMANCE.md)."""
+    max_rows_per_call: int = Field(default=256, ge=0)
+    """On CPU, the most graph rows in one onnxruntime call (an ensemble image counts N rows, a purifier
+    image one); a larger batch is split into several calls. A few hundred rows keep a call's activations
+    in cache: one ensemble call of 2,560 rows ran at 40% of the per-image rate of 160-row calls
+    (docs/PERFORMANCE.md). 0: no limit. GPU sessions are never split."""
     engine_workers: int = Field(default=0, ge=0)
     """Engine calls that may run at once, across models (0: one per core). Keep workers x intra-op
     threads at or below the core count."""

@@ -75,3 +75,21 @@ def test_purify_is_per_image_and_rows_split_back(engines, shipped_manifest, imag
     assert score(part, shipped_manifest.purifier).purification is None
     with pytest.raises(ValueError, match="one purify option"):
         score(output.take(slice(0, 2)), shipped_manifest.purifier)
+
+
+def test_calls_split_at_max_rows_keep_every_image_in_its_place(engines, shipped_manifest, mnist_split) -> None:
+    """A batch split into several onnxruntime calls (max_rows) answers row for row as one call does."""
+    digits, labels = mnist_split.test.images[:24], mnist_split.test.labels[:24]
+    split = {
+        role: ENGINES[role](bundle_dir() / graph.path, providers=["CPUExecutionProvider"], max_rows=50)
+        for role, graph in shipped_manifest.graphs.items()
+    }
+    # the screen and the purifier's errors are deterministic: equal to the unsplit call's, in order
+    assert np.array_equal(split["screen"].run(digits), engines["screen"].run(digits))
+    purified, before, _ = split["purifier"].run(digits)
+    assert purified.shape == digits.shape
+    assert np.allclose(before, engines["purifier"].run(digits)[1], rtol=1e-6, atol=1e-6)
+    # N = 25: two images per call, 12 calls; each image's passes stay its own (clean digits, right labels)
+    passes = split["ensemble"].run(digits, 25)
+    assert passes.shape == (24, 25, 10)
+    assert (passes.mean(axis=1).argmax(axis=1) == labels).mean() >= 0.9
