@@ -49,6 +49,10 @@ class EvalConfig:
     """Epochs of the undefended classifier; None: the recipe's."""
     samples: int | None = None
     """Ensemble size N of the evaluated systems; None: the bundle's default, as served."""
+    purify_skip_z: float | None = 0.0
+    """Adaptive compute of the purifier + RSE system, as the service runs it by default
+    (`DEFENDED_PURIFY_SKIP_Z`): inputs whose reconstruction z-score is at or below it skip purification.
+    None: every input is purified for T steps."""
     pgd_steps: int = 20
     mim_steps: int = 10
     """Iterations of the momentum-iterative attack on the surrogates (Dong et al. use 10)."""

@@ -49,7 +49,7 @@ from evaluation.systems import (
 from evaluation.twin import Twin, check_parity, load_twin
 from models.attacks import art_classifier
 from models.data import ImageDataset
-from service.runtime import EnsembleEngine, PurifierEngine
+from service.runtime import EnsembleEngine, PurifierEngine, ScreenEngine
 
 log = logging.getLogger(__name__)
 CPU = ["CPUExecutionProvider"]
@@ -83,6 +83,7 @@ class Cell:
             "seed": self.config.seed,
             "samples": self.config.samples,
             "surrogate_epochs": self.config.surrogate_epochs,
+            "purify_skip_z": self.config.purify_skip_z,
             **{name: getattr(self.config, name) for name in self.twin_settings},
         }
 
@@ -178,6 +179,10 @@ class Evaluation:
             manifest=self.manifest,
             ensemble=EnsembleEngine(bundle_dir / graphs["ensemble"].path, **options),
             purifier_engine=purifier_engine,
+            screen=ScreenEngine(bundle_dir / graphs["screen"].path, **options)
+            if "screen" in graphs
+            else None,
+            skip_z=self.config.purify_skip_z,
             twin_classifier=self.twin.classifier,
             twin_purifier=self.twin.purifier,
             surrogate=self.surrogate,

@@ -30,7 +30,7 @@ from export.calibrate import flagged
 from models.purify import AdaptivePurifier, clipped_error
 from service.manifest import Manifest
 from service.pipeline import run_pipeline_batched
-from service.runtime import EnsembleEngine, PurifierEngine
+from service.runtime import EnsembleEngine, PurifierEngine, ScreenEngine
 from service.scoring import purification_scores, summarize
 
 UNDEFENDED, RSE, PURIFIER, DEFENDED = "undefended", "rse", "purifier", "purifier+rse"
@@ -209,6 +209,9 @@ class BundleSystems:
     manifest: Manifest
     ensemble: EnsembleEngine
     purifier_engine: PurifierEngine | None
+    screen: ScreenEngine | None
+    """With `skip_z`, the served adaptive compute: who skips purification (None: fixed T for all)."""
+    skip_z: float | None
     twin_classifier: nn.Module
     twin_purifier: AdaptivePurifier | None
     surrogate: nn.Module
@@ -234,7 +237,14 @@ class BundleSystems:
 
     def pipeline(self, images: np.ndarray, purify: bool) -> Outcome:
         result = run_pipeline_batched(
-            self.ensemble, self.purifier_engine, self.manifest.purifier, images, self.samples, purify=purify
+            self.ensemble,
+            self.purifier_engine,
+            self.manifest.purifier,
+            images,
+            self.samples,
+            purify=purify,
+            screen=self.screen,
+            skip_z=self.skip_z,
         )
         return Outcome(result.summary.class_index, result.scores, flagged(result.scores, self.thresholds))
 
