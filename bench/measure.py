@@ -217,9 +217,13 @@ def locust_run(
             "BENCH_RATE_PER_USER": str(rate_per_user),
             **(extra_env or {}),
         }
+        # NOTE: at a set rate the users join spread over one request interval, so that their schedules
+        # interleave; all joining at once would send every user's request in the same instant, bursts of
+        # `users` requests that measure the burst's queueing instead of latency at that rate.
+        spawn_rate = users * rate_per_user if rate_per_user > 0 else users
         command = [
             sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "bench" / "locustfile.py"), "--headless",
-            "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
+            "-u", str(users), "-r", f"{spawn_rate:g}", "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
             "--only-summary", "--loglevel", "WARNING",
         ]  # fmt: skip
         subprocess.run(command, env=env, check=True, capture_output=True, timeout=seconds + 60)

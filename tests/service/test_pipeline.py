@@ -77,7 +77,9 @@ def test_purify_is_per_image_and_rows_split_back(engines, shipped_manifest, imag
         score(output.take(slice(0, 2)), shipped_manifest.purifier)
 
 
-def test_calls_split_at_max_rows_keep_every_image_in_its_place(engines, shipped_manifest, mnist_split) -> None:
+def test_calls_split_at_max_rows_keep_every_image_in_its_place(
+    engines, shipped_manifest, mnist_split
+) -> None:
     """A batch split into several onnxruntime calls (max_rows) answers row for row as one call does."""
     digits, labels = mnist_split.test.images[:24], mnist_split.test.labels[:24]
     split = {

@@ -1,4 +1,5 @@
-"""Every shipped bundle loads in the real service, as `make serve` runs it, and reads the example digits."""
+"""Every shipped bundle loads in the real service, as `make serve` runs it, and reads its example images:
+the held-out digits, or for the CIFAR-10 bundle the first test image of each class."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from models.data import CIFAR10_CLASSES
 from service.app import create_app
+from service.manifest import load_manifest
 from service.settings import Settings
 from tests.conftest import EXAMPLES, SHIPPED_REPOSITORY
 
 BUNDLES = sorted(p.name for p in SHIPPED_REPOSITORY.iterdir() if p.is_dir())
+EXAMPLE_SETS = {
+    # channels -> (file, label) pairs, and how many of the 10 must come back right
+    1: ([(EXAMPLES / f"digit-{d}.png", str(d)) for d in range(10)], 9),
+    3: ([(EXAMPLES / f"cifar10-{c}.png", c) for c in CIFAR10_CLASSES], 7),
+}
 
 
 @pytest.fixture(scope="module")
@@ -22,16 +30,18 @@ def shipped() -> Iterator[TestClient]:
 
 
 @pytest.mark.parametrize("name", BUNDLES)
-def test_each_shipped_bundle_reads_the_example_digits(shipped: TestClient, name: str) -> None:
-    labels = []
-    for digits in (range(5), range(5, 10)):  # multipart uploads take at most 9 files
-        files = [
-            ("files", (f"d{d}.png", (EXAMPLES / f"digit-{d}.png").read_bytes(), "image/png")) for d in digits
-        ]
+def test_each_shipped_bundle_reads_its_example_images(shipped: TestClient, name: str) -> None:
+    (version,) = (p for p in (SHIPPED_REPOSITORY / name).iterdir() if p.is_dir())
+    examples, at_least = EXAMPLE_SETS[load_manifest(version).input.channels]
+    answers = []
+    for part in (examples[:5], examples[5:]):  # multipart uploads take at most 9 files
+        files = [("files", (path.name, path.read_bytes(), "image/png")) for path, _ in part]
         response = shipped.post(f"/v1/models/{name}/predict", files=files)
         assert response.status_code == 200, response.text
-        labels += [p["label"] for p in response.json()["predictions"]]
-    assert sum(label == str(d) for d, label in enumerate(labels)) >= 9, labels
+        answers += [p["label"] for p in response.json()["predictions"]]
+    assert sum(answer == label for answer, (_, label) in zip(answers, examples, strict=True)) >= at_least, (
+        answers
+    )
 
 
 def test_training_time_defenses_say_which_defense_they_serve(shipped: TestClient) -> None:
