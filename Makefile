@@ -52,6 +52,7 @@ check-deploy: $(VENV)/.deploy-deps  ## lint, render, validate and scan the Docke
 
 models: $(VENV)/.dev-deps  ## retrain and re-export the shipped bundle(s)
 	$(BIN)/python -m export.mnist_rse --out model_repository --name mnist-rse-apudae --purifier --examples examples
+	$(BIN)/python -m export.fp16 model_repository/mnist-rse-apudae/1
 
 defenses: $(VENV)/.dev-deps  ## retrain and re-export the AMC, Deep Defense and Seiler MNIST bundles
 	$(BIN)/python -m export.mnist_defenses --defense seiler --out model_repository
@@ -71,6 +72,7 @@ eval: $(VENV)/.dev-deps  ## robustness and detection evaluation of a bundle (rep
 
 cifar10: $(VENV)/.dev-deps  ## train and export the CIFAR-10 bundle (resumes from runs/cifar10; CIFAR10_ARGS above)
 	$(BIN)/python -m export.cifar10_rse --data $(CIFAR10_DATA) --out model_repository --checkpoints runs/cifar10 $(CIFAR10_ARGS)
+	$(BIN)/python -m export.fp16 model_repository/cifar10-rse-apudae/1 --data $(CIFAR10_DATA)
 
 examples: $(VENV)/.dev-deps  ## rewrite the example images under examples/ (CIFAR-10 ones from $(CIFAR10_DATA))
 	$(BIN)/python -m export.examples --out examples --cifar10-data $(CIFAR10_DATA)

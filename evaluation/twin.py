@@ -23,13 +23,13 @@ from onnx import numpy_helper
 from torch import nn
 
 from evaluation.recipes import BundleRecipe
+from export.onnx_export import pin_random_ops
 from models.purify import AdaptivePurifier, PurifierConfig
 from models.rse import GaussianNoise, noise_disabled, noise_layers
 from service.manifest import Manifest, load_manifest
 from service.runtime import EnsembleEngine, PurifierEngine
 
 CPU = ["CPUExecutionProvider"]
-RANDOM_OPS = ("RandomNormalLike", "RandomUniformLike", "RandomNormal", "RandomUniform")
 
 
 @dataclass(frozen=True)
@@ -98,36 +98,6 @@ def load_twin(bundle_dir: Path, recipe: BundleRecipe) -> Twin:
 
 
 # --- parity with the graphs --------------------------------------------------------------------------------
-def pin_random_ops(source: Path, target: Path) -> Path:
-    """A copy of a graph whose random ops return their distribution's centre: N(m, s) -> m, U(a, b) -> (a+b)/2.
-
-    The noise in our graphs is centred (x + s * N(0, 1), 2 U(0, 1) - 1), so this is the graph with its noise
-    switched off, every other node exactly as served. Each random op becomes (x - x) + centre, a tensor of
-    the input's shape; a zero scale is no way out, since onnxruntime refuses a normal with stddev 0.
-    """
-    model = onnx.load(str(source))
-    nodes = []
-    for node in model.graph.node:
-        if node.op_type not in RANDOM_OPS or not node.op_type.endswith("Like"):
-            if node.op_type in RANDOM_OPS:
-                raise ValueError(f"{source}: {node.op_type} has no input to take the shape from")
-            nodes.append(node)
-            continue
-        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "RandomNormalLike":
-            centre = attributes.get("mean", 0.0)
-        else:
-            centre = (attributes.get("low", 0.0) + attributes.get("high", 1.0)) / 2
-        zeros, constant = f"{node.output[0]}__zeros", f"{node.output[0]}__centre"
-        model.graph.initializer.append(numpy_helper.from_array(np.array(centre, np.float32), constant))
-        nodes.append(onnx.helper.make_node("Sub", [node.input[0], node.input[0]], [zeros]))
-        nodes.append(onnx.helper.make_node("Add", [zeros, constant], [node.output[0]]))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    onnx.save(model, str(target))
-    return target
-
-
 def graph_noise_scales(path: Path) -> list[float]:
     """The constant each RandomNormalLike output is multiplied by, in graph order: the exported sigmas."""
     model = onnx.load(str(path))

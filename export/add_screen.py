@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from export.bundle import graph_entry
+from export.bundle import graph_entry, update_bundle
 from export.onnx_export import SCREEN_INPUTS, SCREEN_OUTPUTS, extract_screen
-from service.manifest import MANIFEST_FILENAME, GraphFile, Manifest, load_manifest
+from service.manifest import GraphFile, Manifest, load_manifest
 
 SCREEN_FILENAME = "screen.onnx"
 
@@ -29,9 +29,7 @@ def add_screen(bundle_dir: Path) -> Manifest:
     if "purifier" not in manifest.graphs:
         raise SystemExit(f"{bundle_dir}: no purifier graph to cut a screen from")
     graphs = {**manifest.graphs, "screen": write_screen(bundle_dir, manifest.graphs["purifier"].path)}
-    updated = Manifest.model_validate({**manifest.model_dump(), "graphs": graphs})
-    (bundle_dir / MANIFEST_FILENAME).write_text(updated.to_json())
-    return load_manifest(bundle_dir, verify=True)
+    return update_bundle(bundle_dir, manifest, graphs=graphs)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,6 +36,14 @@ def run_recipe(build: Callable[[Any], Manifest], args: Any) -> Manifest:
     return manifest
 
 
+def update_bundle(bundle_dir: Path, manifest: Manifest, **changes: Any) -> Manifest:
+    """Rewrite an existing bundle's manifest with `changes` (top-level fields, validated as a whole), and
+    read it back with hash verification: for tools that add a derived graph without retraining."""
+    updated = Manifest.model_validate({**manifest.model_dump(), **changes})
+    (bundle_dir / MANIFEST_FILENAME).write_text(updated.to_json())
+    return load_manifest(bundle_dir, verify=True)
+
+
 def write_bundle(bundle_dir: Path, **fields: Any) -> Manifest:
     """Validate the manifest fields, write `manifest.json`, and read it back with hash verification."""
     manifest = Manifest(**fields)

@@ -12,9 +12,11 @@ import io
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx.utils
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from models.dae import DenoisingAutoencoder
@@ -28,6 +30,7 @@ PURIFIER_INPUTS = ["images"]
 PURIFIER_OUTPUTS = ["purified", "error_before", "error_after"]
 SCREEN_INPUTS = ["images"]
 SCREEN_OUTPUTS = ["error_before"]
+RANDOM_OPS = ("RandomNormalLike", "RandomUniformLike", "RandomNormal", "RandomUniform")
 
 
 def _export(
@@ -113,3 +116,35 @@ def extract_screen(purifier_path: Path, path: Path) -> Path:
     onnx.utils.extract_model(str(purifier_path), str(path), SCREEN_INPUTS, SCREEN_OUTPUTS)
     onnx.checker.check_model(str(path))
     return path
+
+
+def pin_random_ops(source: Path, target: Path) -> Path:
+    """A copy of a graph whose random ops return their distribution's centre: N(m, s) -> m, U(a, b) -> (a+b)/2.
+
+    The noise in our graphs is centred (x + s * N(0, 1), 2 U(0, 1) - 1), so this is the graph with its noise
+    switched off, every other node exactly as served. Each random op becomes (x - x) + centre, a tensor of
+    the input's shape; a zero scale is no way out, since onnxruntime refuses a normal with stddev 0.
+    """
+    model = onnx.load(str(source))
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type not in RANDOM_OPS or not node.op_type.endswith("Like"):
+            if node.op_type in RANDOM_OPS:
+                raise ValueError(f"{source}: {node.op_type} has no input to take the shape from")
+            nodes.append(node)
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "RandomNormalLike":
+            centre = attributes.get("mean", 0.0)
+        else:
+            centre = (attributes.get("low", 0.0) + attributes.get("high", 1.0)) / 2
+        zeros, constant = f"{node.output[0]}__zeros", f"{node.output[0]}__centre"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(centre, np.float32), constant))
+        nodes.append(onnx.helper.make_node("Sub", [node.input[0], node.input[0]], [zeros]))
+        # NOTE: CastLike: the centre takes the random op's own type (float16 in an FP16 graph)
+        nodes.append(onnx.helper.make_node("CastLike", [constant, zeros], [f"{constant}__typed"]))
+        nodes.append(onnx.helper.make_node("Add", [zeros, f"{constant}__typed"], [node.output[0]]))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(target))
+    return target

@@ -56,6 +56,7 @@ def build_registry(settings: Settings, metrics: ServiceMetrics) -> ModelRegistry
         settings.warmup,
         settings.purify_skip_z,
         settings.max_rows_per_call,
+        settings.precision,
     )
     return ModelRegistry(
         settings.model_repository, options, policy, protected=[settings.default_model], metrics=metrics

@@ -231,6 +231,7 @@ class DataPlane:
             purifier=manifest.purifier.model_dump() if manifest.purifier else None,
             defense=manifest.defense.model_dump() if manifest.defense else None,
             provider=model.engine.provider,
+            precision=model.precision,
             calibration=manifest.calibration.model_dump(),
             metrics=manifest.metrics.model_dump(),
         )

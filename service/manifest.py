@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_FILENAME = "manifest.json"
 SCHEMA_VERSION = 1
+FP16_ENSEMBLE = "ensemble_fp16"
 
 
 class ManifestError(ValueError):
@@ -167,6 +168,19 @@ class AttackResult(_Strict):
     """Share of adversarial images answered correctly or flagged: the attack failed on those."""
 
 
+class PrecisionCheck(_Strict):
+    """How the reduced-precision `ensemble_fp16` graph compares with the float32 one it was converted from."""
+
+    max_probability_diff: float = Field(ge=0)
+    """Largest |p_fp16 - p_fp32| over the images below, both graphs with their noise pinned to 0."""
+    tolerance: float
+    """The conversion is refused above this."""
+    clean_accuracy: float
+    flag_rate_clean: float
+    """Through the served pipeline with the fp16 ensemble, on the test images `Metrics` were measured on."""
+    images: int
+
+
 class Metrics(_Strict):
     """Numbers measured on the exported graphs through the service's own engine."""
 
@@ -177,6 +191,8 @@ class Metrics(_Strict):
     """Share of clean test images the combined flag fires on (the measured false-positive rate)."""
     measured_with: str
     attacks: list[AttackResult] = Field(default_factory=list)
+    fp16: PrecisionCheck | None = None
+    """Set with the `ensemble_fp16` graph."""
 
 
 class Manifest(_Strict):
@@ -197,7 +213,9 @@ class Manifest(_Strict):
     """`ensemble`: images [B,C,H,W] float32 + samples int64 scalar -> probabilities [B,N,K];
     `purifier` (optional): images -> purified images, reconstruction error before and after;
     `screen` (optional, with a purifier): images -> the purifier's `error_before` alone, one DAE forward,
-    for adaptive compute."""
+    for adaptive compute;
+    `ensemble_fp16` (optional): the ensemble with float16 weights and activations (float32 I/O), served
+    instead of `ensemble` when the service runs at fp16 precision."""
     purifier: PurifierSpec | None = None
     defense: DefenseSpec | None = None
     """Set for bundles hardened at training time (AMC, Deep Defense, ...); None for RSE / APuDAE bundles,
@@ -215,9 +233,11 @@ class Manifest(_Strict):
             raise ValueError("a 'purifier' graph and the purifier settings come together")
         if "screen" in self.graphs and "purifier" not in self.graphs:
             raise ValueError("a 'screen' graph needs the 'purifier' graph it was cut from")
-        unknown = set(self.graphs) - {"ensemble", "purifier", "screen"}
+        unknown = set(self.graphs) - {"ensemble", "purifier", "screen", FP16_ENSEMBLE}
         if unknown:
             raise ValueError(f"unknown graph roles {sorted(unknown)}")
+        if (FP16_ENSEMBLE in self.graphs) != (self.metrics.fp16 is not None):
+            raise ValueError("an 'ensemble_fp16' graph and its measured precision check come together")
         return self
 
     def to_json(self) -> str:

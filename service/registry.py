@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from service.errors import Conflict, LoadFailed, ModelNotFound
-from service.manifest import Manifest, ManifestError, load_manifest
+from service.manifest import FP16_ENSEMBLE, GraphFile, Manifest, ManifestError, load_manifest
 from service.metrics import ServiceMetrics
 from service.pipeline import EngineOutput, PipelineResult, infer, score
 from service.repository import Fingerprint, VersionPolicy, by_version, fingerprint, scan
@@ -42,6 +42,8 @@ class LoadedModel:
     engines: dict[str, GraphEngine]
     skip_z: float | None = None
     """Adaptive compute: skip purification when the screen's reconstruction z-score is at or below this."""
+    precision: str = "fp32"
+    """Which ensemble graph answers: `fp32` (`ensemble`) or `fp16` (`ensemble_fp16`)."""
 
     @property
     def engine(self) -> EnsembleEngine:
@@ -100,6 +102,8 @@ class LoadOptions:
     """Adaptive compute threshold given to every loaded model (see `LoadedModel.skip_z`)."""
     max_rows: int = 0
     """Graph rows per onnxruntime call on CPU (see `GraphEngine._run`); 0: no limit."""
+    precision: Literal["fp32", "fp16"] = "fp32"
+    """Which ensemble graph is served: `ensemble`, or `ensemble_fp16` where the bundle has one."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,18 @@ class IndexEntry:
     reason: str
 
 
+def served_graphs(manifest: Manifest, precision: str, bundle_dir: Path) -> dict[str, GraphFile]:
+    """The graph behind each engine role: the fp16 ensemble in place of the float32 one when asked for and
+    present; the other one is not loaded at all."""
+    graphs = {role: graph for role, graph in manifest.graphs.items() if role != FP16_ENSEMBLE}
+    if precision == "fp16":
+        if FP16_ENSEMBLE in manifest.graphs:
+            graphs["ensemble"] = manifest.graphs[FP16_ENSEMBLE]
+        else:
+            log.warning("%s has no %s graph; serving the float32 ensemble", bundle_dir, FP16_ENSEMBLE)
+    return graphs
+
+
 def load_bundle(bundle_dir: Path, options: LoadOptions) -> LoadedModel:
     manifest = load_manifest(bundle_dir, verify=True)
     if (bundle_dir.parent.name, bundle_dir.name) != (manifest.name, manifest.version):
@@ -120,7 +136,8 @@ def load_bundle(bundle_dir: Path, options: LoadOptions) -> LoadedModel:
             f"{bundle_dir.parent.name}/{bundle_dir.name}"
         )
     engines: dict[str, GraphEngine] = {}
-    for role, graph in manifest.graphs.items():
+    served = served_graphs(manifest, options.precision, bundle_dir)
+    for role, graph in served.items():
         engine = ENGINES[role](
             bundle_dir / graph.path,
             providers=options.providers,
@@ -135,7 +152,10 @@ def load_bundle(bundle_dir: Path, options: LoadOptions) -> LoadedModel:
                 f"{graph.inputs} -> {graph.outputs}"
             )
         engines[role] = engine
-    model = LoadedModel(manifest=manifest, path=bundle_dir, engines=engines, skip_z=options.skip_z)
+    precision = "fp16" if served["ensemble"] is manifest.graphs.get(FP16_ENSEMBLE) else "fp32"
+    model = LoadedModel(
+        manifest=manifest, path=bundle_dir, engines=engines, skip_z=options.skip_z, precision=precision
+    )
     if options.warmup:
         probe = np.zeros((1, *manifest.input.shape), dtype=np.float32)
         started = time.perf_counter()
@@ -319,7 +339,9 @@ class ModelRegistry:
             return None
         self._failures = {key: failure for key, failure in self._failures.items() if key != (name, version)}
         self._stamps[(name, version)] = stamp
-        log.info("loaded %s/%s from %s on %s", name, version, folder, model.engine.provider)
+        log.info(
+            "loaded %s/%s from %s on %s (%s)", name, version, folder, model.engine.provider, model.precision
+        )
         self._count(name, version, "loaded")
         if self.metrics is not None:
             self.metrics.model_info.labels(

@@ -118,6 +118,7 @@ class ScreenEngine(GraphEngine):
 
 ENGINES: dict[str, type[GraphEngine]] = {
     "ensemble": EnsembleEngine,
+    "ensemble_fp16": EnsembleEngine,
     "purifier": PurifierEngine,
     "screen": ScreenEngine,
 }

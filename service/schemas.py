@@ -97,6 +97,7 @@ class ModelInfo(BaseModel):
         default=None, description="The training-time defense baked into the weights, if any."
     )
     provider: str
+    precision: str = Field(description="Which ensemble graph answers: fp32, or the bundle's fp16 one.")
     calibration: dict[str, Any]
     metrics: dict[str, Any]
 
