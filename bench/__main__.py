@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import tempfile
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from evaluation.recipes import BundleRecipe, recipe_for
 from evaluation.twin import load_twin
 from export.bundle import invoking_command
 from models.rse import noise_disabled
+from service.manifest import FP16_ENSEMBLE
 from service.registry import LoadOptions, load_bundle
 from service.runtime import choose_providers
 from service.settings import Settings
@@ -87,17 +89,21 @@ def write_request_images(images: np.ndarray, folder: Path) -> Path:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings()  # the service's defaults: threads per call, calls side by side, skip threshold
     workers = settings.engine_threads()
-    manifest_model = load_bundle(
-        args.bundle,
-        LoadOptions(
-            choose_providers("cpu"),
-            settings.intra_op_threads,
-            warmup=True,
-            skip_z=settings.purify_skip_z,
-            max_rows=settings.max_rows_per_call,
-        ),
+    options = LoadOptions(
+        choose_providers("cpu"),
+        settings.intra_op_threads,
+        warmup=True,
+        skip_z=settings.purify_skip_z,
+        max_rows=settings.max_rows_per_call,
     )
+    manifest_model = load_bundle(args.bundle, options)
     manifest = manifest_model.manifest
+    # the same pipeline on the float16 ensemble graph, where the bundle has one (DEFENDED_PRECISION=fp16)
+    fp16_model = (
+        load_bundle(args.bundle, replace(options, precision="fp16"))
+        if FP16_ENSEMBLE in manifest.graphs
+        else None
+    )
     recipe = recipe_for(manifest)
     test = recipe.split(manifest, args.data).test
     clean, labels = test.images[:1000], test.labels[:1000]
@@ -126,13 +132,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "no_purify": measure.naive_rate(naive, naive_images, n, purify=False),
     }
     steps.update()
-    modes = {"fixed_T": (True, None), "adaptive": (True, settings.purify_skip_z), "no_purify": (False, None)}
+    adaptive = settings.purify_skip_z
+    modes = {
+        "fixed_T": (manifest_model, True, None),
+        "adaptive": (manifest_model, True, adaptive),
+        "no_purify": (manifest_model, False, None),
+    }
+    if fp16_model is not None:
+        modes |= {"adaptive_fp16": (fp16_model, True, adaptive), "no_purify_fp16": (fp16_model, False, None)}
     results["engine"] = {
-        mode: {
-            str(b): measure.engine_rate(manifest_model, clean, b, n, purify, skip, workers)
-            for b in args.batches
-        }
-        for mode, (purify, skip) in modes.items()
+        mode: {str(b): measure.engine_rate(model, clean, b, n, purify, skip, workers) for b in args.batches}
+        for mode, (model, purify, skip) in modes.items()
     }
     results["engine_threads"] = {"calls_side_by_side": workers, "threads_per_call": settings.intra_op_threads}
     steps.update()

@@ -97,7 +97,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"side, {results['engine_threads']['threads_per_call']} onnxruntime thread(s) each. "
         "fixed_T purifies every image for T steps and runs the ensemble on purified and raw input (2·B·N rows); "
         "adaptive skips the steps for images whose reconstruction z-score is ≤ 0 (the service default); "
-        "no_purify runs the ensemble alone.",
+        "no_purify runs the ensemble alone; *_fp16: the same on the bundle's float16 ensemble graph "
+        "(`DEFENDED_PRECISION=fp16`).",
         "",
         "## Service over HTTP (locust, single-image JSON requests, loopback)",
         "",
