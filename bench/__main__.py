@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for mode, (model, purify, skip) in modes.items()
     }
     results["engine_threads"] = {"calls_side_by_side": workers, "threads_per_call": settings.intra_op_threads}
+    results["batcher_max_batch"] = settings.max_batch_images
     steps.update()
     count = (100, 40) if args.quick else (1000, 200)
     attacked = attacked_inputs(args.bundle, recipe, clean[: count[1]], labels[: count[1]])
