@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pgd-steps", type=int)
     parser.add_argument("--purifier-gradient", choices=("bpda", "exact"))
     parser.add_argument("--no-sanity", action="store_false", dest="sanity", default=None)
+    parser.add_argument("--sanity-images", type=int, help="images of the sanity checks' extra attacks")
     parser.add_argument(
         "--surrogate-epochs", type=int, help="epochs of the undefended classifier and the transfer surrogates"
     )
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pgd_steps=args.pgd_steps,
         purifier_gradient=args.purifier_gradient,
         sanity=args.sanity,
+        sanity_images=args.sanity_images,
         surrogate_epochs=args.surrogate_epochs,
     )
     unknown = set(config.threats) - set(THREATS)
