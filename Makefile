@@ -17,7 +17,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check $(if $(C
 BUNDLE ?= model_repository/mnist-rse-apudae/1
 EVAL_ARGS ?=
 CIFAR10_DATA ?= ../shared/data
-# the shipped cifar10-rse-apudae/1 (2 CPU cores, about 70 min); CIFAR10_ARGS='--device cuda' trains the
+# the shipped cifar10-rse-apudae/1 (2 CPU cores, about 95 min); CIFAR10_ARGS='--device cuda' trains the
 # recipe's full-size defaults (widths 32-64-128, 60 + 20 epochs, all 10,000 test images) on a GPU
 CIFAR10_ARGS ?= --device cpu --widths 16,32,64 --blocks 3 --epochs 24 --dae-epochs 3 --test-images 2000
 
@@ -72,7 +72,8 @@ eval: $(VENV)/.dev-deps  ## robustness and detection evaluation of a bundle (rep
 
 cifar10: $(VENV)/.dev-deps  ## train and export the CIFAR-10 bundle (resumes from runs/cifar10; CIFAR10_ARGS above)
 	$(BIN)/python -m export.cifar10_rse --data $(CIFAR10_DATA) --out model_repository --checkpoints runs/cifar10 $(CIFAR10_ARGS)
-	$(BIN)/python -m export.fp16 model_repository/cifar10-rse-apudae/1 --data $(CIFAR10_DATA)
+	@# a refusal (float16 answers beyond the tolerance, as for the shipped bundle) leaves the bundle float32-only
+	-$(BIN)/python -m export.fp16 model_repository/cifar10-rse-apudae/1 --data $(CIFAR10_DATA)
 
 examples: $(VENV)/.dev-deps  ## rewrite the example images under examples/ (CIFAR-10 ones from $(CIFAR10_DATA))
 	$(BIN)/python -m export.examples --out examples --cifar10-data $(CIFAR10_DATA)

@@ -74,13 +74,13 @@ def run_epochs(
     """Shuffled mini-batch epochs over `size` examples; `batch_loss(indices)` returns the loss to minimise.
 
     Shared by every trainer so that ordering, progress reporting and the recorded figures (last epoch's mean
-    loss, wall seconds) mean the same thing in every manifest. Leaves the model in eval mode.
+    loss, wall seconds of the whole training, resumed runs added up) mean the same thing in every manifest. Leaves the model in eval mode.
 
     With `checkpoint`, the state after every epoch (model, optimiser, schedule, random generator) is written
     there, and a run that finds one resumes after its last epoch: long trainings survive interruptions.
     """
     started = time.perf_counter()
-    first, mean_loss = 0, 0.0
+    first, mean_loss, earlier_seconds = 0, 0.0, 0.0
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=_device(model), weights_only=True)
         model.load_state_dict(state["model"])
@@ -89,6 +89,9 @@ def run_epochs(
             schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"])
         first, mean_loss = state["epoch"], state["loss"]
+        # NOTE: the wall time of the runs before the interruption, so that a resumed training records
+        # the whole training's seconds, not the last run's.
+        earlier_seconds = float(state.get("seconds", 0.0))
         log.info("resumed from %s after epoch %d/%d", checkpoint, first, epochs)
     model.train()
     for epoch in range(first, epochs):
@@ -121,11 +124,12 @@ def run_epochs(
                 "generator": generator.get_state(),
                 "epoch": epoch + 1,
                 "loss": mean_loss,
+                "seconds": earlier_seconds + time.perf_counter() - started,
             }
             torch.save(state, checkpoint.with_suffix(".tmp"))
             checkpoint.with_suffix(".tmp").replace(checkpoint)
     model.eval()
-    return mean_loss, time.perf_counter() - started
+    return mean_loss, earlier_seconds + time.perf_counter() - started
 
 
 @dataclass(frozen=True)

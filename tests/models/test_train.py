@@ -13,7 +13,7 @@ from torch import nn
 from models.train import random_flip, run_epochs
 
 
-def _train(checkpoint: Path | None, fail_at: int | None = None) -> nn.Module:
+def _train(checkpoint: Path | None, fail_at: int | None = None) -> tuple[nn.Module, float]:
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
@@ -29,18 +29,21 @@ def _train(checkpoint: Path | None, fail_at: int | None = None) -> nn.Module:
             raise KeyboardInterrupt
         return F.cross_entropy(model(x[index]), y[index])
 
-    run_epochs(model, optimizer, 32, 3, 8, torch.Generator().manual_seed(3), batch_loss, schedule, checkpoint)
-    return model
+    generator = torch.Generator().manual_seed(3)
+    _, seconds = run_epochs(model, optimizer, 32, 3, 8, generator, batch_loss, schedule, checkpoint)
+    return model, seconds
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
-    reference = _train(None)
+    reference, _ = _train(None)
     checkpoint = tmp_path / "state.pt"
     with pytest.raises(KeyboardInterrupt):
         _train(checkpoint, fail_at=6)  # in the second epoch: the first is saved
-    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
-    resumed = _train(checkpoint)
+    first_run = torch.load(checkpoint, weights_only=True)
+    assert first_run["epoch"] == 1 and first_run["seconds"] > 0
+    resumed, seconds = _train(checkpoint)
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 3
+    assert seconds > first_run["seconds"]  # the whole training's time, not the resumed run's alone
     for a, b in zip(reference.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
 
