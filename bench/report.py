@@ -35,19 +35,23 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
     largest = max(engine["adaptive"], key=int)
     speedup = engine["adaptive"][largest] / engine["fixed_T"][largest]
     rows.append(
-        (f"adaptive / fixed-T throughput on clean digits, batch {largest}", speedup, 3.0, speedup >= 3.0)
+        (f"adaptive / fixed-T throughput on clean images, batch {largest}", speedup, 3.0, speedup >= 3.0)
     )
     trade = results["adaptive_trade"]
-    worst = max(
-        abs(trade[f"{data}_adaptive"][key] - trade[f"{data}_fixed_T"][key]) * 100
-        for data in ("clean", "pgd")
-        for key in ("accuracy", "flag_rate")
-    )
-    floor = max(
-        abs(trade[f"{data}_fixedT-repeat"][key] - trade[f"{data}_fixed_T"][key]) * 100
-        for data in ("clean", "pgd")
-        for key in ("accuracy", "flag_rate")
-    )
+
+    def largest_change(mode: str) -> float:
+        # NOTE: rounded to a millionth of a point: one image in 200 is 0.5 points exactly, not the
+        # 0.5000000001 that float subtraction gives.
+        return round(
+            max(
+                abs(trade[f"{data}_{mode}"][key] - trade[f"{data}_fixed_T"][key]) * 100
+                for data in ("clean", "pgd")
+                for key in ("accuracy", "flag_rate")
+            ),
+            6,
+        )
+
+    worst, floor = largest_change("adaptive"), largest_change("fixedT-repeat")
     rows.append(
         ("largest accuracy / flag-rate change from adaptive compute (points)", worst, 0.5, worst <= 0.5)
     )
@@ -77,7 +81,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     naive = results["naive"]
     lines += [
         "",
-        "## Naive reference vs engine (images/s, clean test digits)",
+        "## Naive reference vs engine (images/s, clean test images)",
         "",
         "Naive: PyTorch eager, one image per call, N sequential noisy passes, purification with torch autograd "
         "and torch.optim.Adam (T steps, no noise), weights loaded from the bundle's ONNX graphs.",
