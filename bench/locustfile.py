@@ -16,6 +16,7 @@ import os
 import random
 from pathlib import Path
 
+import gevent
 from locust import constant, constant_throughput, events, task
 from locust.contrib.fasthttp import FastHttpUser
 
@@ -43,6 +44,12 @@ class SingleImageClient(FastHttpUser):
         # would have every user send the same image in the same interval: with adaptive compute, waves of
         # all-purified then all-skipped traffic instead of the mix the service sees from independent clients.
         self.sent = random.randrange(len(BODIES))
+        if RATE > 0:
+            # NOTE: at a set rate each user starts at a random point of its interval. Locust starts users
+            # in groups of floor(spawn rate) at once, so without this the users of a group would send their
+            # requests in the same instant, every interval: bursts that measure the burst's queueing
+            # instead of the latency at that rate.
+            gevent.sleep(random.uniform(0, 1 / RATE))
 
     @task
     def predict(self) -> None:

@@ -76,8 +76,8 @@ def engine_rate(
 ) -> float:
     """Our engine in-process (no HTTP), as the service runs it: `workers` calls side by side, each one
     `infer` over a batch of `batch` clean test images. The median of three measurements: a single one
-    once read 55 images/s where the same configuration measured 82-84 three times in a row (a transient
-    on the machine), and one such reading decides a target."""
+    once read 55 images/s where the same configuration measured 82-84 three times in a row (a dip
+    whose cause was not found), and one such reading decides a target."""
     chunks = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)] or [images[:batch]]
     position = iter(range(10**9))
     skip = -np.inf if skip_z is None else skip_z  # -inf: purify every image for T steps
@@ -220,13 +220,9 @@ def locust_run(
             "BENCH_RATE_PER_USER": str(rate_per_user),
             **(extra_env or {}),
         }
-        # NOTE: at a set rate the users join spread over one request interval, so that their schedules
-        # interleave; all joining at once would send every user's request in the same instant, bursts of
-        # `users` requests that measure the burst's queueing instead of latency at that rate.
-        spawn_rate = users * rate_per_user if rate_per_user > 0 else users
         command = [
             sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "bench" / "locustfile.py"), "--headless",
-            "-u", str(users), "-r", f"{spawn_rate:g}", "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
+            "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", url, "--csv", str(prefix),
             "--only-summary", "--loglevel", "WARNING",
         ]  # fmt: skip
         subprocess.run(command, env=env, check=True, capture_output=True, timeout=seconds + 60)
