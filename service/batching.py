@@ -165,11 +165,15 @@ class Batcher:
                 return
 
     def _batch_limit(self) -> int:
-        """Images for the call about to start: what is queued, shared with the engine threads that are free
-        besides this one (a call runs on one thread, so one big call would leave the others idle), and at
-        most `max_batch_images`."""
-        idle_others = self.config.concurrent_batches - len(self._running) - 1
-        share = -(-self._queued_images // (idle_others + 1))
+        """Images for the call about to start: the queue's share per engine thread, busy or idle, and at
+        most `max_batch_images`.
+
+        A call runs on one thread. A free thread that took the whole queue while the others were busy
+        would leave it one long call at one thread's speed, and the next arrivals would go to the other
+        threads in small calls: on a CPU, where a larger call is no faster per image, work piled onto one
+        thread whose rate was near the offered load, and the median latency at half load grew with the
+        number of clients (docs/PERFORMANCE.md). Taking a share leaves the rest to the next free thread."""
+        share = -(-self._queued_images // self.config.concurrent_batches)
         return max(1, min(self.config.max_batch_images, share))
 
     def _take_batch(self) -> list[_Request]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.batching import Batcher, BatchingConfig
+from service.batching import Batcher, BatchingConfig, _Request
 from service.errors import EngineFailure, QueueFull
 from service.metrics import ServiceMetrics
 from service.registry import LoadedModel, LoadOptions, load_bundle
@@ -154,3 +154,15 @@ async def test_two_engine_threads_run_batches_side_by_side(model: LoadedModel) -
     assert [r.summary.class_index.item() for r in results] == list(digits)
     assert sample(metrics, "defended_batch_requests_sum", model) == len(digits)
     assert sample(metrics, "defended_batch_requests_count", model) >= len(digits) / 2
+
+
+async def test_a_free_thread_takes_only_its_share_while_another_is_busy(model: LoadedModel) -> None:
+    batcher, _ = make_batcher(model, max_batch_images=64, concurrent_batches=2, max_delay_seconds=0.0)
+    busy = asyncio.get_running_loop().create_future()  # stands for a call running on the other thread
+    batcher._running.add(busy)
+    for d in range(8):
+        batcher._queue.append(_Request(digit(d), 1, False, asyncio.get_running_loop().create_future()))
+        batcher._queued_images += 1
+    assert len(batcher._take_batch()) == 4, "half the queue: the rest waits for the busy thread"
+    assert len(batcher._take_batch()) == 2
+    busy.cancel()
