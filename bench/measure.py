@@ -76,8 +76,7 @@ def engine_rate(
 ) -> float:
     """Our engine in-process (no HTTP), as the service runs it: `workers` calls side by side, each one
     `infer` over a batch of `batch` clean test images. The median of three measurements: a single one
-    once read 55 images/s where the same configuration measured 82-84 three times in a row (a dip
-    whose cause was not found), and one such reading decides a target."""
+    once fell by a third on the idle machine (docs/PERFORMANCE.md), and one such reading decides a target."""
     chunks = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)] or [images[:batch]]
     position = iter(range(10**9))
     skip = -np.inf if skip_z is None else skip_z  # -inf: purify every image for T steps

@@ -74,7 +74,8 @@ def run_epochs(
     """Shuffled mini-batch epochs over `size` examples; `batch_loss(indices)` returns the loss to minimise.
 
     Shared by every trainer so that ordering, progress reporting and the recorded figures (last epoch's mean
-    loss, wall seconds of the whole training, resumed runs added up) mean the same thing in every manifest. Leaves the model in eval mode.
+    loss; wall seconds of the whole training, resumed runs added up) mean the same thing in every manifest.
+    Leaves the model in eval mode.
 
     With `checkpoint`, the state after every epoch (model, optimiser, schedule, random generator) is written
     there, and a run that finds one resumes after its last epoch: long trainings survive interruptions.

@@ -116,16 +116,16 @@ class IndexEntry:
     reason: str
 
 
-def served_graphs(manifest: Manifest, precision: str, bundle_dir: Path) -> dict[str, GraphFile]:
-    """The graph behind each engine role: the fp16 ensemble in place of the float32 one when asked for and
-    present; the other one is not loaded at all."""
+def served_graphs(manifest: Manifest, precision: str, bundle_dir: Path) -> tuple[dict[str, GraphFile], str]:
+    """The graph behind each engine role, and the precision the ensemble is served at: the fp16 ensemble in
+    place of the float32 one when asked for and present; the other one is not loaded at all."""
     graphs = {role: graph for role, graph in manifest.graphs.items() if role != FP16_ENSEMBLE}
-    if precision == "fp16":
-        if FP16_ENSEMBLE in manifest.graphs:
-            graphs["ensemble"] = manifest.graphs[FP16_ENSEMBLE]
-        else:
-            log.warning("%s has no %s graph; serving the float32 ensemble", bundle_dir, FP16_ENSEMBLE)
-    return graphs
+    if precision != "fp16":
+        return graphs, "fp32"
+    if FP16_ENSEMBLE not in manifest.graphs:
+        log.warning("%s has no %s graph; serving the float32 ensemble", bundle_dir, FP16_ENSEMBLE)
+        return graphs, "fp32"
+    return {**graphs, "ensemble": manifest.graphs[FP16_ENSEMBLE]}, "fp16"
 
 
 def load_bundle(bundle_dir: Path, options: LoadOptions) -> LoadedModel:
@@ -136,7 +136,7 @@ def load_bundle(bundle_dir: Path, options: LoadOptions) -> LoadedModel:
             f"{bundle_dir.parent.name}/{bundle_dir.name}"
         )
     engines: dict[str, GraphEngine] = {}
-    served = served_graphs(manifest, options.precision, bundle_dir)
+    served, precision = served_graphs(manifest, options.precision, bundle_dir)
     for role, graph in served.items():
         engine = ENGINES[role](
             bundle_dir / graph.path,
@@ -152,7 +152,6 @@ def load_bundle(bundle_dir: Path, options: LoadOptions) -> LoadedModel:
                 f"{graph.inputs} -> {graph.outputs}"
             )
         engines[role] = engine
-    precision = "fp16" if served["ensemble"] is manifest.graphs.get(FP16_ENSEMBLE) else "fp32"
     model = LoadedModel(
         manifest=manifest, path=bundle_dir, engines=engines, skip_z=options.skip_z, precision=precision
     )

@@ -48,8 +48,9 @@ class Settings(BaseSettings):
     """Execution provider: `auto` takes CUDA when onnxruntime offers it, else CPU; `cuda` falls back to CPU
     with a warning when CUDA is missing."""
     precision: Literal["fp32", "fp16"] = "fp32"
-    """`fp16` serves a bundle's `ensemble_fp16` graph where it has one (float32 elsewhere, with a warning):
-    faster, within the tolerance its manifest records (docs/PERFORMANCE.md)."""
+    """`fp16` serves a bundle's `ensemble_fp16` graph where it has one (float32 elsewhere, with a warning),
+    within the tolerance its manifest records. Meant for GPUs: on CPU it measured no faster
+    (docs/PERFORMANCE.md)."""
     intra_op_threads: int = Field(default=1, ge=0)
     """onnxruntime threads inside one engine call (0: one per core). On CPU one thread per call and one
     call per core is faster than one call spread over every core: the small convolutions scale poorly
