@@ -306,6 +306,11 @@ class DAETrainConfig:
     lr: float = 2e-3
     noise_sigma: float = 0.3
     """Std of the Gaussian noise added to the [0, 1] pixels (the noisy input is clipped back to [0, 1])."""
+    blind: bool = False
+    """Draw each image's std uniformly from [0, noise_sigma] ("blind" denoising) instead of always using
+    noise_sigma: a DAE that has seen only one large noise level reconstructs clean images coarsely, so its
+    error hardly rises on a small (adversarial) perturbation; `python -m evaluation.purifier_probe
+    --finetune-epochs K` measures what blind training changes (docs/ROBUSTNESS.md has its CIFAR-10 run)."""
     seed: int = 0
 
 
@@ -327,7 +332,10 @@ def train_dae(
 
     def batch_loss(index: torch.Tensor) -> torch.Tensor:
         target = clean[index]
-        noisy = (target + config.noise_sigma * torch.randn(target.shape, generator=generator)).clamp(0.0, 1.0)
+        sigma = config.noise_sigma
+        if config.blind:
+            sigma = sigma * torch.rand((len(target), 1, 1, 1), generator=generator)
+        noisy = (target + sigma * torch.randn(target.shape, generator=generator)).clamp(0.0, 1.0)
         return F.mse_loss(dae(noisy.to(device)), target.to(device))
 
     final_loss, seconds = run_epochs(
@@ -345,6 +353,7 @@ def train_dae(
         "batch_size": config.batch_size,
         "lr": config.lr,
         "noise_sigma": config.noise_sigma,
+        **({"noise_blind": True} if config.blind else {}),
         "final_train_loss": round(final_loss, 6),
         "train_seconds": round(seconds, 1),
     }

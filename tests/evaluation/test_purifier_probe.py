@@ -1,0 +1,60 @@
+"""The purifier probe on the shipped MNIST bundle: real PGD, the shipped DAE and a briefly fine-tuned copy."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from evaluation.purifier_probe import main, parse_args, run
+from service.manifest import load_manifest
+from tests.conftest import bundle_dir
+
+SHIPPED, TUNED = "shipped DAE", "the DAE trained 1 more epochs on blind noise"
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    threads = torch.get_num_threads()
+    cache = tmp_path_factory.mktemp("cache")
+    args = ["--bundle", str(bundle_dir()), "--images", "60", "--epsilon", "0.15", "--surrogate-epochs", "2"]
+    try:
+        return run(parse_args([*args, "--finetune-epochs", "1", "--cache", str(cache)]))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_mu_and_sigma_are_measured_as_the_recipe_measured_them(probe) -> None:
+    spec = load_manifest(bundle_dir()).purifier
+    shipped = probe["daes"][SHIPPED]
+    assert math.isclose(shipped["mu"], spec.mu, rel_tol=1e-4)
+    assert math.isclose(shipped["sigma"], spec.sigma, rel_tol=1e-4)
+    assert not math.isclose(probe["daes"][TUNED]["mu"], spec.mu, rel_tol=1e-3)
+
+
+def test_the_attack_is_real_and_the_mnist_purifier_undoes_and_notices_it(probe) -> None:
+    undefended = "undefended classifier"
+    accuracy = probe["daes"][SHIPPED]["accuracy"]
+    assert accuracy["clean, as is"][undefended] > 0.8
+    assert accuracy["adversarial, as is"][undefended] < 0.5
+    assert accuracy["adversarial, purified"][undefended] > accuracy["adversarial, as is"][undefended] + 0.3
+    assert probe["daes"][SHIPPED]["error_auc"] > 0.9
+    errors = probe["daes"][SHIPPED]["mean_error"]
+    assert errors["adversarial"] > errors["clean"]
+
+
+def test_the_report_is_written_and_printed(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        main(["--bundle", str(bundle_dir()), "--images", "8", "--surrogate-epochs", "1", "--cache", "cache"])
+    finally:
+        torch.set_num_threads(threads)
+    text = (tmp_path / "reports" / "mnist-rse-apudae" / "purifier_probe.md").read_text()
+    assert text.startswith("# Purifier probe of `mnist-rse-apudae/1`")
+    assert "## shipped DAE" in text and "ROC AUC of the error" in text
+    for row in ("clean, as is", "adversarial, D(x)", "adversarial, purified"):
+        assert f"| {row} |" in text
+    assert text in capsys.readouterr().out
