@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dae-width", type=int, default=64)
     parser.add_argument("--dae-epochs", type=int, default=20)
     parser.add_argument("--dae-noise", type=float, default=0.1, help="noise std the DAE learns to remove")
+    parser.add_argument(
+        "--dae-blind-noise",
+        action="store_true",
+        help="draw each image's noise std from [0, --dae-noise]: a DAE that notices 8/255 perturbations far "
+        "better (docs/ROBUSTNESS.md, the purifier probe); the shipped bundle was trained without it",
+    )
     parser.add_argument("--samples", type=int, default=10, help="default ensemble size N")
     parser.add_argument("--max-samples", type=int, default=64)
     parser.add_argument("--target-fpr", type=float, default=0.05)
@@ -139,7 +145,11 @@ def build(args: argparse.Namespace) -> Manifest:
     log.info("classifier: %s", training)
     dae = rednet(args.dae_depth, args.dae_width, channels=3).to(device)
     dae_config = DAETrainConfig(
-        epochs=args.dae_epochs, batch_size=args.batch_size, noise_sigma=args.dae_noise, seed=args.seed
+        epochs=args.dae_epochs,
+        batch_size=args.batch_size,
+        noise_sigma=args.dae_noise,
+        blind=args.dae_blind_noise,
+        seed=args.seed,
     )
     dae_figures = train_dae(dae, split.train.images, dae_config, checkpoint=args.checkpoints / "dae.pt")
     training |= {f"dae_{k}": v for k, v in dae_figures.items()}

@@ -353,7 +353,7 @@ def train_dae(
         "batch_size": config.batch_size,
         "lr": config.lr,
         "noise_sigma": config.noise_sigma,
-        **({"noise_blind": True} if config.blind else {}),
+        **({"noise": "blind"} if config.blind else {}),
         "final_train_loss": round(final_loss, 6),
         "train_seconds": round(seconds, 1),
     }

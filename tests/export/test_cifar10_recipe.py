@@ -45,7 +45,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         "--data", str(root), "--out", str(root / "repo"), "--checkpoints", str(root / "ckpt"),
         "--epochs", "1", "--dae-epochs", "1", "--batch-size", "16", "--widths", "8,16", "--blocks", "1",
         "--dae-depth", "4", "--dae-width", "8", "--calibration", "20", "--samples", "2", "--device", "cpu",
-        "--test-images", "10",
+        "--test-images", "10", "--dae-blind-noise",
     ])
     # fmt: on
     return root, root / "repo" / "cifar10-rse-apudae" / "1"
@@ -58,6 +58,7 @@ def test_the_recipe_writes_a_bundle_the_service_runs(bundle) -> None:
     assert (manifest.data.train, manifest.data.calibration, manifest.data.test) == (40, 20, 10)
     assert manifest.input.shape == (3, 32, 32) and manifest.classes == CIFAR10_CLASSES
     assert 0 <= manifest.training["test_accuracy_without_noise"] <= 1
+    assert manifest.training["dae_noise"] == "blind"
     assert (root / "ckpt" / "classifier.pt").is_file() and (root / "ckpt" / "dae.pt").is_file()
     ensemble = EnsembleEngine(path / "ensemble.onnx", providers=CPU)
     purifier = PurifierEngine(path / "purifier.onnx", providers=CPU)
