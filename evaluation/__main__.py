@@ -161,8 +161,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "worst_case": worst_case(evaluation.results, budgets),
         "checks": as_dicts(checks),
     }
-    plot_accuracy(out / "accuracy_vs_eps.png", results, budgets)
-    results["plots"] = ["accuracy_vs_eps.png", *roc_plots(evaluation, out)]
+    accuracy_plot = (
+        ["accuracy_vs_eps.png"] if plot_accuracy(out / "accuracy_vs_eps.png", results, budgets) else []
+    )
+    results["plots"] = [*accuracy_plot, *roc_plots(evaluation, out)]
     write_json(out / "results.json", results)
     (out / "report.md").write_text(markdown(results))
     suspect = [c for c in checks if not c.passed]

@@ -176,10 +176,10 @@ def accuracy_curve(
     return [(0.0, clean), *points] if points else []
 
 
-def plot_accuracy(path: Path, results: dict[str, Any], budgets: tuple[float, ...]) -> None:
-    """Accuracy against ε of one run, one line per system."""
+def plot_accuracy(path: Path, results: dict[str, Any], budgets: tuple[float, ...]) -> bool:
+    """Accuracy against ε of one run, one line per system; whether there was a curve to draw."""
     summary = results["summary"]
-    plot_curves(
+    return plot_curves(
         path,
         {
             threat: {
@@ -193,9 +193,15 @@ def plot_accuracy(path: Path, results: dict[str, Any], budgets: tuple[float, ...
     )
 
 
-def plot_curves(path: Path, curves: dict[str, dict[str, Curve]]) -> None:
-    """Accuracy against ε, one panel per threat model (those with a curve), one line per labelled curve."""
+def plot_curves(path: Path, curves: dict[str, dict[str, Curve]]) -> bool:
+    """Accuracy against ε, one panel per threat model (those with a curve), one line per labelled curve.
+
+    Writes nothing and returns False when no threat model has a curve: a run of other attacks than those
+    the curves follow (`--attacks BIM`) must still end with its report, not a plotting error.
+    """
     threats = [t for t, lines in curves.items() if any(lines.values())]
+    if not threats:
+        return False
     # NOTE: one colour per label across the panels, also where a system is missing from one (black-box).
     labels = dict.fromkeys(label for lines in curves.values() for label in lines)
     colours = {label: f"C{i % 10}" for i, label in enumerate(labels)}
@@ -214,6 +220,7 @@ def plot_curves(path: Path, curves: dict[str, dict[str, Curve]]) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+    return True
 
 
 def plot_roc(

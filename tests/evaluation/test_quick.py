@@ -18,6 +18,16 @@ def test_undefended_falls_and_the_defense_holds_on_gray_box_pgd(quick) -> None:
     assert defended["accuracy"] > undefended["accuracy"]
 
 
+def test_the_seeds_gray_box_bim_runs_on_transfer_only_with_its_settings(quick) -> None:
+    results, _ = quick
+    bim = [r for r in results["cells"] if r["attack"] == "BIM"]
+    assert {r["threat"] for r in bim} == {"transfer"}
+    assert {r["system"] for r in bim} == {"undefended", "rse", "purifier", "purifier+rse"}
+    assert all(r["params"]["steps"] == 7 and r["params"]["step_size"] == "ε / 4" for r in bim)
+    undefended = row(results, "transfer", "BIM", "undefended")
+    assert undefended["accuracy"] < undefended["clean_accuracy"] - 0.5
+
+
 def test_the_flag_separates_gray_box_pgd_from_clean(quick) -> None:
     auc = row(quick[0], "transfer", "PGD", "purifier+rse")["auc"]
     assert auc["combined_flag"] > 0.5
