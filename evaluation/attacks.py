@@ -203,15 +203,15 @@ BLACK_BOX = (SQUARE, HOP_SKIP_JUMP)
 """Score- (Square) and decision-based (HopSkipJump): run over HTTP."""
 TRANSFERABLE = (MIM,)
 """Momentum-iterative PGD (Dong et al., CVPR 2018): the transfer attack of the "surrogates" threat model."""
-GRAY_BOX = (BIM,)
+SEED_GRAY_BOX = (BIM,)
 """The seed's own gray-box attack, run where the seed ran it: crafted on the undefended classifier only."""
 BY_THREAT = {
-    "transfer": (*WHITE_BOX, *GRAY_BOX),
+    "transfer": (*WHITE_BOX, *SEED_GRAY_BOX),
     "surrogates": TRANSFERABLE,
     "adaptive": WHITE_BOX,
     "blackbox": BLACK_BOX,
 }
-ALL = (*WHITE_BOX, *GRAY_BOX, *TRANSFERABLE, *BLACK_BOX)
+ALL = (*WHITE_BOX, *SEED_GRAY_BOX, *TRANSFERABLE, *BLACK_BOX)
 
 
 def run_attack(attack: Any, images: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
