@@ -79,11 +79,20 @@ def run_epochs(
 
     With `checkpoint`, the state after every epoch (model, optimiser, schedule, random generator) is written
     there, and a run that finds one resumes after its last epoch: long trainings survive interruptions.
+    Only the training that wrote it resumes: a checkpoint of a run with another epoch count is refused,
+    since its schedule (one-cycle spans the whole run) cannot be stretched to the new length.
     """
     started = time.perf_counter()
     first, mean_loss, earlier_seconds = 0, 0.0, 0.0
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=_device(model), weights_only=True)
+        # NOTE: checkpoints written before the count was recorded carry none, and resume as they did.
+        written_for = state.get("epochs", epochs)
+        if written_for != epochs:
+            raise ValueError(
+                f"{checkpoint} belongs to a {written_for}-epoch training and this one asks for {epochs}: "
+                "give it a fresh checkpoint path"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if schedule is not None:
@@ -124,6 +133,7 @@ def run_epochs(
                 "schedule": schedule.state_dict() if schedule is not None else None,
                 "generator": generator.get_state(),
                 "epoch": epoch + 1,
+                "epochs": epochs,
                 "loss": mean_loss,
                 "seconds": earlier_seconds + time.perf_counter() - started,
             }

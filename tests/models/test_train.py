@@ -13,7 +13,7 @@ from torch import nn
 from models.train import random_flip, run_epochs
 
 
-def _train(checkpoint: Path | None, fail_at: int | None = None) -> tuple[nn.Module, float]:
+def _train(checkpoint: Path | None, fail_at: int | None = None, epochs: int = 3) -> tuple[nn.Module, float]:
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
@@ -30,7 +30,7 @@ def _train(checkpoint: Path | None, fail_at: int | None = None) -> tuple[nn.Modu
         return F.cross_entropy(model(x[index]), y[index])
 
     generator = torch.Generator().manual_seed(3)
-    _, seconds = run_epochs(model, optimizer, 32, 3, 8, generator, batch_loss, schedule, checkpoint)
+    _, seconds = run_epochs(model, optimizer, 32, epochs, 8, generator, batch_loss, schedule, checkpoint)
     return model, seconds
 
 
@@ -54,3 +54,11 @@ def test_random_flip_mirrors_some_images_exactly() -> None:
     mirrored = (flipped == images.flip(-1)).flatten(1).all(1)
     kept = (flipped == images).flatten(1).all(1)
     assert (mirrored | kept).all() and 10 < int(mirrored.sum()) < 54
+
+
+def test_a_checkpoint_of_another_length_is_refused(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "state.pt"
+    _train(checkpoint)
+    with pytest.raises(ValueError, match="3-epoch training and this one asks for 5"):
+        _train(checkpoint, epochs=5)
+    _train(checkpoint)  # the same length resumes, here after its last epoch
