@@ -40,8 +40,8 @@ from evaluation.systems import ExpectationOverNoise, torch_probabilities
 from evaluation.twin import load_twin
 from export.bundle import invoking_command
 from models.attacks import art_classifier
-from models.dae import DAETrainConfig, DenoisingAutoencoder, clean_error_stats, train_dae
-from models.purify import AdaptivePurifier, PurifierConfig, clipped_error
+from models.dae import DAETrainConfig, DenoisingAutoencoder, clean_error_stats, clipped_errors, train_dae
+from models.purify import AdaptivePurifier, PurifierConfig
 from service.manifest import load_manifest
 
 log = logging.getLogger("evaluation.purifier_probe")
@@ -66,7 +66,7 @@ def probe_dae(
     steps and step sizes (mu and sigma are measured here, on `calibration`, as the recipes do)."""
     mu, sigma = clean_error_stats(dae.eval(), calibration)
     purifier = AdaptivePurifier(dae, replace(purification, mu=mu, sigma=sigma)).eval()
-    errors = {name: _batched(lambda x: clipped_error(x, dae(x)), images) for name, images in inputs.items()}
+    errors = {name: clipped_errors(dae, images) for name, images in inputs.items()}
     figures: dict[str, Any] = {
         "mu": mu,
         "sigma": sigma,

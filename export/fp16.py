@@ -5,8 +5,9 @@
 
 The service serves it with `DEFENDED_PRECISION=fp16`. Half-width weights and activations halve the memory
 traffic of the N noisy passes, which is meant for GPUs; on the 2-core development CPU it measured no faster
-(docs/PERFORMANCE.md), where drawing the noise dominates. Only the ensemble is converted: the purifier's Adam steps (lr 2/255, noise
-0.7/255) are of the size of float16's spacing near 1 (1/1024), so they would be rounded away.
+(docs/PERFORMANCE.md), where drawing the noise dominates. Only the ensemble is converted: the purifier's
+Adam steps (lr 2/255, noise 0.7/255) are of the size of float16's spacing near 1 (1/1024), so they would be
+rounded away.
 
 The conversion (onnxconverter-common) keeps float32 inputs and outputs, so clients and the service's
 pipeline see no difference. It is refused when, with the noise of both graphs pinned to 0, any class

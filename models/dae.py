@@ -282,21 +282,27 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
+def clipped_errors(dae: VJPModule, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Per image, sum_{C,H,W} (clip(D(x), 0, 1) - x)^2 as float64: the statistic APuDAE's mu and sigma
+    describe, and the served reconstruction score compares against them."""
+    device = _model_device(dae)
+    errors = []
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(images[start : start + batch]).to(device)
+        errors.append(((dae(x).clamp(0.0, 1.0) - x) ** 2).sum(dim=(1, 2, 3)).double().cpu())
+    return torch.cat(errors).numpy()
+
+
 def clean_error_stats(dae: VJPModule, images: np.ndarray, batch: int = 256) -> tuple[float, float]:
-    """Mean and (population) standard deviation over `images` of sum_{C,H,W} (clip(D(x), 0, 1) - x)^2.
+    """Mean and (population) standard deviation of `clipped_errors` over `images`.
 
     These are APuDAE's mu and sigma, so they must describe the model that gets exported: the DAE has to be
     in eval mode already (a silent switch here could hide a model exported in training mode).
     """
     if dae.training:
         raise RuntimeError("clean_error_stats needs the DAE in eval mode: call .eval() first")
-    device = _model_device(dae)
-    errors = []
-    for start in range(0, len(images), batch):
-        x = torch.from_numpy(images[start : start + batch]).to(device)
-        errors.append(((dae(x).clamp(0.0, 1.0) - x) ** 2).sum(dim=(1, 2, 3)).double().cpu())
-    values = torch.cat(errors)
-    return float(values.mean()), float(values.std(correction=0))
+    values = clipped_errors(dae, images, batch)
+    return float(values.mean()), float(values.std())
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,14 @@ SHIPPED, TUNED = "shipped DAE", "the DAE trained 1 more epochs on blind noise"
 
 
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shared by the tests, so that the undefended classifier is trained once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def probe(cache: Path) -> dict:
     threads = torch.get_num_threads()
-    cache = tmp_path_factory.mktemp("cache")
     args = ["--bundle", str(bundle_dir()), "--images", "60", "--epsilon", "0.15", "--surrogate-epochs", "2"]
     try:
         return run(parse_args([*args, "--finetune-epochs", "1", "--cache", str(cache)]))
@@ -45,11 +50,14 @@ def test_the_attack_is_real_and_the_mnist_purifier_undoes_and_notices_it(probe) 
     assert errors["adversarial"] > errors["clean"]
 
 
-def test_the_report_is_written_and_printed(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_the_report_is_written_and_printed(probe, cache: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    # NOTE: after `probe` (a parameter for that), so the undefended classifier comes from the shared cache.
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
     try:
-        main(["--bundle", str(bundle_dir()), "--images", "8", "--surrogate-epochs", "1", "--cache", "cache"])
+        main(
+            ["--bundle", str(bundle_dir()), "--images", "8", "--surrogate-epochs", "2", "--cache", str(cache)]
+        )
     finally:
         torch.set_num_threads(threads)
     text = (tmp_path / "reports" / "mnist-rse-apudae" / "purifier_probe.md").read_text()
