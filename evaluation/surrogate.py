@@ -11,6 +11,7 @@ recipe trained before it.)
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -44,6 +45,20 @@ class SoftmaxAverage(nn.Module):
         return log_mean_softmax(torch.stack([member(x) for member in self.members], dim=1))
 
 
+def cache_name(name: str, model: nn.Module, config: TrainConfig, train: ImageDataset) -> str:
+    """File name of a trained model's cached weights.
+
+    Every version of a bundle shares one cache folder, so the name carries a digest of everything the
+    weights depend on (architecture with its noise levels, training settings, training images): a version
+    with another architecture or split then trains its own instead of loading one that does not fit.
+    """
+    digest = hashlib.sha256(repr((model, config, len(train))).encode())
+    # NOTE: the labels and a few images stand for the split: hashing all 49,000 images costs seconds.
+    digest.update(train.labels.tobytes())
+    digest.update(train.images[:8].tobytes())
+    return f"{name}-e{config.epochs}-s{config.seed}-{digest.hexdigest()[:10]}.pt"
+
+
 def _trained(
     name: str,
     build: Callable[[], nn.Module],
@@ -55,9 +70,9 @@ def _trained(
     """`build()` trained on `train` under `config` (on the CPU when returned), or its cached weights, and
     how it was made (epochs, seed, seconds, cached or not)."""
     figures: dict[str, Any] = {"epochs": config.epochs, "seed": config.seed, "train_images": len(train)}
-    path = None if cache_dir is None else cache_dir / f"{name}-e{config.epochs}-s{config.seed}.pt"
+    model = build()
+    path = None if cache_dir is None else cache_dir / cache_name(name, model, config, train)
     if path is not None and path.is_file():
-        model = build()
         model.load_state_dict(torch.load(path, weights_only=True))
         log.info("%s loaded from %s", name, path)
         return model.eval(), figures | {"cached": str(path)}
