@@ -20,7 +20,7 @@ from typing import Any
 from evaluation.attacks import ALL
 from evaluation.checks import as_dicts, run_checks, worst_case
 from evaluation.config import PRESETS, THREATS, preset
-from evaluation.report import markdown, plot_accuracy, plot_roc, write_json
+from evaluation.report import markdown, plot_accuracy, plot_roc, report_folder, write_json
 from evaluation.runner import Evaluation
 from export.bundle import invoking_command
 
@@ -33,7 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--bundle", type=Path, default=Path("model_repository/mnist-rse-apudae/1"))
     parser.add_argument(
-        "--out", type=Path, default=None, help="report folder (default reports/<bundle name>)"
+        "--out",
+        type=Path,
+        default=None,
+        help="report folder (default reports/<bundle name>, unless it holds another version's report)",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="standard")
     parser.add_argument("--quick", action="store_const", const="quick", dest="preset", help="--preset quick")
@@ -133,6 +136,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     names = [attack.name for attack in ALL]
     if config.attacks and set(config.attacks) - set(names):
         raise SystemExit(f"unknown attacks {sorted(set(config.attacks) - set(names))}; choose from {names}")
+    out = report_folder(
+        args.bundle, args.out, "results.json", lambda report: report["summary"]["bundle"]["version"]
+    )
     import torch
 
     torch.set_num_threads(args.threads)
@@ -149,7 +155,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     evaluation.run()
     budgets = evaluation.budgets
     checks = run_checks(evaluation.results, budgets)
-    out = args.out or Path("reports") / evaluation.manifest.name
     out.mkdir(parents=True, exist_ok=True)
     results = {
         "command": invoking_command(),

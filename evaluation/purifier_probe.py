@@ -35,6 +35,7 @@ from evaluation.attacks import PGD, run_attack
 from evaluation.config import preset
 from evaluation.metrics import auc
 from evaluation.recipes import recipe_for
+from evaluation.report import report_folder
 from evaluation.surrogate import Sources
 from evaluation.systems import ExpectationOverNoise, torch_probabilities
 from evaluation.twin import load_twin
@@ -188,8 +189,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
+    out = report_folder(
+        args.bundle, args.out, "purifier_probe.json", lambda probe: probe["bundle"].split("/")[1]
+    )
     result = run(args)
-    out = args.out or Path("reports") / result["bundle"].split("/")[0]
     out.mkdir(parents=True, exist_ok=True)
     (out / "purifier_probe.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "purifier_probe.md").write_text(markdown(result))

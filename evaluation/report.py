@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ matplotlib.use("Agg")  # NOTE: files only; no display on servers or in CI
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
+
+from service.manifest import load_manifest
 
 THREAT_TITLES = {
     "transfer": "transfer / gray-box (crafted on the undefended classifier)",
@@ -247,3 +250,31 @@ def plot_roc(
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def report_folder(
+    bundle: Path,
+    out: Path | None,
+    written: str,
+    version_of: Callable[[dict[str, Any]], str],
+    reports: Path = Path("reports"),
+) -> Path:
+    """Where a report goes: `out`, or reports/<bundle name>/ unless its `written` file (read by
+    `version_of`) is the report of another version of the bundle.
+
+    Every version of a bundle has the same name, and a run on version 2 once overwrote version 1's report;
+    callers check before any attack runs, so that a long run is not lost to the refusal.
+    """
+    if out is not None:
+        return out
+    manifest = load_manifest(bundle, verify=False)
+    folder = reports / manifest.name
+    previous = folder / written
+    if previous.is_file():
+        version = version_of(json.loads(previous.read_text()))
+        if version != manifest.version:
+            raise SystemExit(
+                f"{previous} is the report of {manifest.name} version {version}; pass --out for version "
+                f"{manifest.version} (e.g. --out {folder}/v{manifest.version})"
+            )
+    return folder
