@@ -77,6 +77,8 @@ def _trained(
         log.info("%s loaded from %s", name, path)
         return model.eval(), figures | {"cached": str(path)}
     started = time.perf_counter()
+    # NOTE: built again after seeding, so that the initial weights are the seed's (the first build only
+    # named the cache file); a cached load leaves the global generator untouched, as it always did.
     torch.manual_seed(config.seed)
     model = build().to(device)
     train_classifier(model, train, config)
