@@ -33,7 +33,7 @@ class Attack:
         if self.strength == "epsilon":
             return list(budgets)
         if self.strength == "constant":
-            return list(config.cw.constants if threat == "transfer" else config.cw.adaptive_constants)
+            return list(config.cw.adaptive_constants if threat == "adaptive" else config.cw.constants)
         return [None]
 
 
@@ -204,9 +204,11 @@ BLACK_BOX = (SQUARE, HOP_SKIP_JUMP)
 TRANSFERABLE = (MIM,)
 """Momentum-iterative PGD (Dong et al., CVPR 2018): the transfer attack of the "surrogates" threat model."""
 SEED_GRAY_BOX = (BIM,)
-"""The seed's own gray-box attack, run where the seed ran it: crafted on the undefended classifier only."""
+"""APuDAE's own gray-box attack, run where a classifier the defense does not know is the source: the
+undefended classifier, and the bundle's own weights with the noise off (the seed's setting)."""
 BY_THREAT = {
     "transfer": (*WHITE_BOX, *SEED_GRAY_BOX),
+    "known-weights": (*WHITE_BOX, *SEED_GRAY_BOX),
     "surrogates": TRANSFERABLE,
     "adaptive": WHITE_BOX,
     "blackbox": BLACK_BOX,

@@ -102,10 +102,12 @@ def run_checks(results: list[CellResult], budgets: tuple[float, ...]) -> list[Ch
                         "iterative ≥ single-step (PGD vs FGSM)", subject, (pgd, system), (fgsm, system)
                     )
                 )
-    # NOTE: a transfer attack from other architectures is a black-box attack too: white-box must beat it.
+    # NOTE: a transfer attack from other architectures, or from the weights without the defense, knows less
+    # than the adaptive attack: white-box must beat it.
     for threat, name, how in (
         ("blackbox", "white-box ≥ black-box", "over HTTP"),
         ("surrogates", "white-box ≥ transfer from surrogates", "on the surrogates"),
+        ("known-weights", "white-box ≥ gray-box with known weights", "on the noise-free weights"),
     ):
         for other in _find(results, threat=threat):
             # NOTE: a minimum-norm attack (HopSkipJump) is compared at every budget, counting its larger

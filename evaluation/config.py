@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-THREATS = ("transfer", "surrogates", "adaptive", "blackbox")
-"""transfer: crafted on the undefended classifier; surrogates: crafted on an ensemble of other architectures
-(Seiler et al. 2020); adaptive: white-box on each system's twin; blackbox: through the HTTP API."""
+THREATS = ("transfer", "known-weights", "surrogates", "adaptive", "blackbox")
+"""transfer: crafted on the undefended classifier; known-weights: crafted on the bundle's own classifier with
+its noise off, the purifier unknown (APuDAE's gray-box setting); surrogates: crafted on an ensemble of other
+architectures (Seiler et al. 2020); adaptive: white-box on each system's twin; blackbox: through the HTTP
+API."""
 PurifierGradient = Literal["bpda", "exact"]
 
 
@@ -21,7 +23,7 @@ class CWSettings:
     untargeted, confidence κ = 0, a fixed trade-off constant c per run (no binary search) swept over a list."""
 
     constants: tuple[float, ...] = (0.1, 1.0, 10.0)
-    """c for the transfer threat model (crafting on the undefended classifier is cheap)."""
+    """c for the transfer and known-weights threat models (crafting on one deterministic classifier is cheap)."""
     adaptive_constants: tuple[float, ...] = (10.0,)
     """c against the systems' twins, where every step costs k RSE draws and a purification: the strongest."""
     confidence: float = 0.0

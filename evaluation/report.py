@@ -19,11 +19,19 @@ from service.manifest import load_manifest
 
 THREAT_TITLES = {
     "transfer": "transfer / gray-box (crafted on the undefended classifier)",
+    "known-weights": "gray-box with known weights (crafted on the bundle's own classifier with its noise off; "
+    "the RSE noise and the purifier unknown: APuDAE's gray-box setting)",
     "surrogates": "transfer from surrogates (MI-FGSM on an ensemble of two other architectures)",
     "adaptive": "adaptive white-box (on each system's torch twin; EoT over RSE noise, BPDA through a purifier)",
     "blackbox": "black-box through the HTTP API",
 }
-THREAT_ATTACKS = {"transfer": "PGD", "surrogates": "MI-FGSM", "adaptive": "PGD", "blackbox": "Square"}
+THREAT_ATTACKS = {
+    "transfer": "PGD",
+    "known-weights": "PGD",
+    "surrogates": "MI-FGSM",
+    "adaptive": "PGD",
+    "blackbox": "Square",
+}
 """The L∞ attack each threat model's accuracy-against-ε curve follows."""
 
 

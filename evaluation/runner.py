@@ -3,6 +3,9 @@ progress bar, cache each finished cell so an interrupted run resumes where it st
 
 Threat models:
 - transfer (gray-box): crafted once on the undefended classifier, replayed through every system;
+- known-weights (APuDAE's gray-box): crafted once on the bundle's own classifier with its noise off, replayed
+  likewise: the attacker has the weights, not the RSE noise or the purifier (skipped where the bundle has
+  neither: there it would be the adaptive threat model again);
 - surrogates: crafted once on an ensemble of classifiers of other architectures, replayed likewise;
 - adaptive (white-box): crafted on each system's own differentiable twin (EoT over the RSE noise, BPDA or the
   exact gradient through the purifier), judged on that system's real graphs;
@@ -49,6 +52,7 @@ from evaluation.systems import (
 from evaluation.twin import Twin, check_parity, load_twin
 from models.attacks import art_classifier
 from models.data import ImageDataset
+from models.rse import without_noise
 from service.runtime import EnsembleEngine, PurifierEngine, ScreenEngine
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,8 @@ CPU = ["CPUExecutionProvider"]
 FLAG_AWARE = "flag-aware"
 SURROGATES = "surrogates"
 """The source of the surrogate-transfer cells: the ensemble of the recipe's surrogate architectures."""
+KNOWN_WEIGHTS = "known-weights"
+"""The source of the known-weights cells: the bundle's classifier with its noise off."""
 PARITY_LIMITS = {"ensemble_max_abs_diff": 1e-4, "purifier_mean_abs_diff": 1e-4}
 
 
@@ -65,8 +71,8 @@ class Cell:
     attack: A.Attack
     strength: float | None
     source: str
-    """Where the examples are crafted: "undefended" (transfer), "surrogates", a system's twin, or a system
-    over HTTP."""
+    """Where the examples are crafted: "undefended" (transfer), "known-weights", "surrogates", a system's
+    twin, or a system over HTTP."""
     systems: tuple[str, ...]
     """The systems the examples are judged on."""
     images: int
@@ -142,6 +148,11 @@ class Evaluation:
         self.transfer_figures: dict[str, Any] = {}
         if SURROGATES in config.threats:
             self.sources[SURROGATES], self.transfer_figures = self._surrogates(sources)
+        if KNOWN_WEIGHTS in config.threats:
+            if has_noise(self.manifest) or self.twin.purifier is not None:
+                self.sources[KNOWN_WEIGHTS] = without_noise(self.twin.classifier)
+            else:
+                log.info("known-weights skipped: %s hides no defense from its weights", self.manifest.name)
         self.systems = self._build_systems(bundle_dir)
         served = [name for name, system in self.systems.items() if system.http_purify is not None]
         self.served = tuple(sorted(served, key=lambda name: not self.systems[name].http_purify))
@@ -219,7 +230,13 @@ class Evaluation:
             for threat, group in A.BY_THREAT.items()
             if threat in config.threats
         }
-        for threat, source in (("transfer", UNDEFENDED), (SURROGATES, SURROGATES)):
+        for threat, source in (
+            ("transfer", UNDEFENDED),
+            (KNOWN_WEIGHTS, KNOWN_WEIGHTS),
+            (SURROGATES, SURROGATES),
+        ):
+            if source not in self.sources:
+                continue
             for attack in chosen.get(threat, ()):
                 for strength in attack.strengths(config, budgets, threat):
                     n = count(attack, config.transfer_images)

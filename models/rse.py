@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -127,6 +128,15 @@ def noise_disabled(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for layer, was in zip(layers, previous, strict=True):
             layer.enabled = was
+
+
+def without_noise(model: nn.Module) -> nn.Module:
+    """A copy of `model` in eval mode with every noise layer off (the original keeps its noise): the
+    classifier as an attacker who has its weights, but not the RSE defense, would craft on."""
+    copy = deepcopy(model)
+    for layer in noise_layers(copy):
+        layer.enabled = False
+    return copy.eval()
 
 
 class SelfEnsemble(nn.Module):

@@ -19,7 +19,15 @@ def test_one_table_over_every_defense(quick, plain, tmp_path: Path) -> None:
     assert list(data["defenses"]) == ["undefended", "RSE", "APuDAE", "RSE+APuDAE", "Seiler"]
     assert data["defenses"]["undefended"] == {"bundle": "mnist-rse-apudae", "system": "undefended"}
     by_key = {(r["threat"], r["attack"], r["variant"]): r["results"] for r in data["rows"]}
-    assert {threat for threat, _, _ in by_key} == {"transfer", "surrogates", "adaptive", "blackbox"}
+    assert {threat for threat, _, _ in by_key} == {
+        "transfer",
+        "known-weights",
+        "surrogates",
+        "adaptive",
+        "blackbox",
+    }
+    # a plain bundle hides nothing from its weights, so it has no known-weights cells
+    assert set(by_key["known-weights", "PGD", ""]) == {"undefended", "RSE", "APuDAE", "RSE+APuDAE"}
     transfer = by_key["transfer", "PGD", ""]
     assert transfer["Seiler"]["accuracy"] == row(seiler, "transfer", "PGD", "seiler")["accuracy"]
     assert transfer["RSE+APuDAE"]["accuracy"] == row(rse, "transfer", "PGD", "purifier+rse")["accuracy"]

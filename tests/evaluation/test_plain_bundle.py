@@ -26,7 +26,8 @@ def test_the_defense_is_its_own_system(plain) -> None:
         assert (out / plot).read_bytes().startswith(b"\x89PNG")
 
 
-def test_every_threat_model_ran_on_it(plain) -> None:
+def test_every_threat_model_ran_on_it_but_known_weights(plain) -> None:
+    """Its weights are all there is to know: the known-weights threat model would repeat the adaptive one."""
     results, _ = plain
     assert {r["threat"] for r in results["cells"] if r["system"] == "seiler"} == {
         "transfer",

@@ -18,14 +18,26 @@ def test_undefended_falls_and_the_defense_holds_on_gray_box_pgd(quick) -> None:
     assert defended["accuracy"] > undefended["accuracy"]
 
 
-def test_the_seeds_gray_box_bim_runs_on_transfer_only_with_its_settings(quick) -> None:
+def test_the_seeds_gray_box_bim_runs_where_the_defense_is_unknown_with_its_settings(quick) -> None:
     results, _ = quick
     bim = [r for r in results["cells"] if r["attack"] == "BIM"]
-    assert {r["threat"] for r in bim} == {"transfer"}
+    assert {r["threat"] for r in bim} == {"transfer", "known-weights"}
     assert {r["system"] for r in bim} == {"undefended", "rse", "purifier", "purifier+rse"}
     assert all(r["params"]["steps"] == 7 and r["params"]["step_size"] == "ε / 4" for r in bim)
     undefended = row(results, "transfer", "BIM", "undefended")
     assert undefended["accuracy"] < undefended["clean_accuracy"] - 0.5
+
+
+def test_known_weights_examples_come_from_the_bundles_own_classifier(quick) -> None:
+    results, _ = quick
+    cells = [r for r in results["cells"] if r["threat"] == "known-weights"]
+    assert {r["source"] for r in cells} == {"known-weights"}
+    assert {r["system"] for r in cells} == set(results["summary"]["clean"])
+    rse = row(results, "known-weights", "PGD", "rse")
+    assert rse["mean_linf"] <= 0.3 + 1e-6
+    # crafted on the very weights the ensemble runs: the noise alone does not undo most of it
+    assert rse["accuracy"] < rse["clean_accuracy"] - 0.2
+    assert "white-box ≥ gray-box with known weights" in {c["check"] for c in results["checks"]}
 
 
 def test_the_flag_separates_gray_box_pgd_from_clean(quick) -> None:
@@ -42,7 +54,13 @@ def test_the_twin_matched_the_graphs(quick) -> None:
 
 def test_every_threat_model_ran_and_black_box_counted_queries(quick) -> None:
     results, _ = quick
-    assert {r["threat"] for r in results["cells"]} == {"transfer", "surrogates", "adaptive", "blackbox"}
+    assert {r["threat"] for r in results["cells"]} == {
+        "transfer",
+        "known-weights",
+        "surrogates",
+        "adaptive",
+        "blackbox",
+    }
     assert {r["system"] for r in results["cells"]} == {"undefended", "rse", "purifier", "purifier+rse"}
     surrogates = [r for r in results["cells"] if r["threat"] == "surrogates"]
     assert {r["system"] for r in surrogates} == set(results["summary"]["clean"])

@@ -9,6 +9,7 @@ from models.rse import (
     RSEClassifier,
     ensemble_probabilities,
     noise_disabled,
+    without_noise,
 )
 
 
@@ -34,6 +35,18 @@ def test_noise_is_on_in_eval_mode_and_off_when_disabled() -> None:
         with noise_disabled(model):
             assert torch.equal(model(x), model(x))
     assert all(layer.enabled for layer in model.modules() if isinstance(layer, GaussianNoise))
+
+
+def test_without_noise_is_a_deterministic_copy_and_leaves_the_original_noisy() -> None:
+    model = RSEClassifier(MNIST_SMALL, sigma_init=0.2, sigma_inner=0.1).eval()
+    plain = without_noise(model)
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        with noise_disabled(model):
+            expected = model(x)
+        assert torch.equal(plain(x), expected)
+        assert not torch.allclose(model(x), model(x))
+    assert not plain.training
 
 
 def test_ensemble_probabilities_shape_and_normalisation() -> None:
