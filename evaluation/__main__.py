@@ -1,4 +1,4 @@
-"""Robustness and detection evaluation of a bundle with real attacks (ART) under four threat models.
+"""Robustness and detection evaluation of a bundle with real attacks (ART) under five threat models (`config.THREATS`).
 
     python -m evaluation --bundle model_repository/mnist-rse-apudae/1            (standard preset)
     python -m evaluation --bundle model_repository/mnist-rse-apudae/1 --quick    (a minute, for CI)
