@@ -3,18 +3,21 @@
 A purifier can do two things with an adversarial image: notice it (the DAE reconstructs it worse than clean
 images, which feeds the flag) and undo it (the classifier answers right after purification). The harness
 reports only their product; when a purifier adds nothing (CIFAR-10, docs/ROBUSTNESS.md), this probe says
-which of the two fails. On the bundle's test images, with the harness's own undefended classifier and PGD
-crafted on it (the transfer threat model), it measures:
-- the DAE's clipped reconstruction error on clean and adversarial images (means, ROC AUC);
+which of the two fails. On the bundle's test images, with PGD crafted on the harness's own undefended
+classifier (the transfer threat model) and on the bundle's classifier with its noise off (known weights),
+it measures:
+- the DAE's clipped reconstruction error on clean and attacked images (means, ROC AUC per attack);
 - the undefended classifier's and the RSE ensemble's (N passes of the twin) accuracy on the clean and the
-  adversarial images as they are, on the DAE's output D(x) (MagNet's reformer), and purified (APuDAE, what
+  attacked images as they are, on the DAE's output D(x) (MagNet's reformer), and purified (APuDAE, what
   the service serves).
-With --finetune-epochs K, a copy of the DAE trained K more epochs on blind noise (a std drawn per image up to
-the recipe's) is probed the same way, its mu and sigma measured again on the calibration split: whether a
-better-trained DAE would help, before anyone spends a training run on it.
+With --finetune-epochs K, a copy of the DAE trained K more epochs is probed the same way, its mu and sigma
+measured again on the calibration split: whether a better-trained DAE would help, before anyone spends a
+training run on it. It trains on blind noise (a std drawn per image up to the recipe's), and with
+--finetune-on adversarial also to map PGD examples of --finetune-images training images, crafted on the
+bundle's classifier with its noise off, back to those images: whether a DAE can learn to undo the attack.
 
     python -m evaluation.purifier_probe --bundle model_repository/cifar10-rse-apudae/1 --data ../shared/data \\
-        --finetune-epochs 2
+        --finetune-epochs 2 [--finetune-on adversarial]
 """
 
 from __future__ import annotations
@@ -43,9 +46,11 @@ from export.bundle import invoking_command
 from models.attacks import art_classifier
 from models.dae import DAETrainConfig, DenoisingAutoencoder, clean_error_stats, clipped_errors, train_dae
 from models.purify import AdaptivePurifier, PurifierConfig
+from models.rse import without_noise
 from service.manifest import load_manifest
 
 log = logging.getLogger("evaluation.purifier_probe")
+CLEAN, TRANSFER, KNOWN_WEIGHTS = "clean", "transfer PGD", "known-weights PGD"
 
 
 def _batched(function: Any, images: np.ndarray, batch: int = 100) -> np.ndarray:
@@ -63,7 +68,7 @@ def probe_dae(
     labels: np.ndarray,
     classifiers: dict[str, nn.Module],
 ) -> dict[str, Any]:
-    """The figures of one DAE; `inputs` maps "clean" and "adversarial" to images, `purification` gives the
+    """The figures of one DAE; `inputs` maps "clean" and each attack to images, `purification` gives the
     steps and step sizes (mu and sigma are measured here, on `calibration`, as the recipes do)."""
     mu, sigma = clean_error_stats(dae.eval(), calibration)
     purifier = AdaptivePurifier(dae, replace(purification, mu=mu, sigma=sigma)).eval()
@@ -72,7 +77,7 @@ def probe_dae(
         "mu": mu,
         "sigma": sigma,
         "mean_error": {name: float(value.mean()) for name, value in errors.items()},
-        "error_auc": auc(errors["clean"], errors["adversarial"]),
+        "error_auc": {name: auc(errors[CLEAN], value) for name, value in errors.items() if name != CLEAN},
         "accuracy": {},
     }
     for name, images in inputs.items():
@@ -94,17 +99,21 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Purifier probe of `{result['bundle']}`",
         "",
         f"{result['images']} test images, PGD L∞ ε = {result['epsilon']:.4f} crafted on the undefended "
-        f"classifier. Command: `{result['command']}`.",
+        f"classifier ({TRANSFER}) and on the bundle's classifier with its noise off ({KNOWN_WEIGHTS}). "
+        f"Command: `{result['command']}`.",
     ]
     for dae_name, figures in result["daes"].items():
         errors = figures["mean_error"]
+        attacked = "; ".join(
+            f"{name}: mean error {errors[name]:.3f}, ROC AUC of the error {value:.3f}"
+            for name, value in figures["error_auc"].items()
+        )
         lines += [
             "",
             f"## {dae_name}",
             "",
             f"mu {figures['mu']:.3f}, sigma {figures['sigma']:.3f}; mean reconstruction error clean "
-            f"{errors['clean']:.3f}, adversarial {errors['adversarial']:.3f}; ROC AUC of the error "
-            f"{figures['error_auc']:.3f}.",
+            f"{errors[CLEAN]:.3f}; {attacked}.",
             "",
             "| input | " + " | ".join(result["classifiers"]) + " |",
             "| --- |" + " --- |" * len(result["classifiers"]),
@@ -129,9 +138,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     undefended, _ = sources.undefended()
     test = split.test.subset(np.arange(min(args.images, len(split.test))))
     epsilon = args.epsilon or max(recipe.linf_budgets)
-    estimator = art_classifier(undefended, manifest.input.shape, len(manifest.classes))
-    attack = PGD.build(estimator, epsilon, PGD.settings(config))
-    inputs = {"clean": test.images, "adversarial": run_attack(attack, test.images, test.labels, config.seed)}
+    known = without_noise(twin.classifier)
+
+    def pgd(source: nn.Module, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        estimator = art_classifier(source, manifest.input.shape, len(manifest.classes))
+        return run_attack(PGD.build(estimator, epsilon, PGD.settings(config)), images, labels, config.seed)
+
+    inputs = {
+        CLEAN: test.images,
+        TRANSFER: pgd(undefended, test.images, test.labels),
+        KNOWN_WEIGHTS: pgd(known, test.images, test.labels),
+    }
     classifiers = {
         "undefended classifier": undefended,
         f"RSE (N = {manifest.rse.default_samples})": ExpectationOverNoise(
@@ -151,8 +168,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             blind=True,
             seed=config.seed + 1,
         )
-        train_dae(tuned, split.train.images, train_config)
-        daes[f"the DAE trained {args.finetune_epochs} more epochs on blind noise"] = tuned
+        name = f"the DAE trained {args.finetune_epochs} more epochs on blind noise"
+        images, pairs = split.train.images, None
+        if args.finetune_on == "adversarial":
+            chosen = np.random.default_rng(config.seed).permutation(len(split.train))[: args.finetune_images]
+            images = split.train.images[np.sort(chosen)]
+            pairs = pgd(known, images, split.train.labels[np.sort(chosen)])
+            name += f" of {len(images)} training images and their PGD examples ({KNOWN_WEIGHTS})"
+        train_dae(tuned, images, train_config, pairs=pairs)
+        daes[name] = tuned
     result: dict[str, Any] = {
         "bundle": f"{manifest.name}/{manifest.version}",
         "command": invoking_command(),
@@ -179,6 +203,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epsilon", type=float, default=None, help="default: the recipe's largest budget")
     parser.add_argument("--finetune-epochs", type=int, default=0)
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--finetune-on",
+        choices=("blind-noise", "adversarial"),
+        default="blind-noise",
+        help="adversarial: also map PGD examples crafted on the bundle's noise-free classifier back",
+    )
+    parser.add_argument("--finetune-images", type=int, default=4000, help="training images, adversarial only")
     parser.add_argument("--surrogate-epochs", type=int, default=None)
     parser.add_argument("--cache", type=Path, default=Path("runs/eval"), help="where the harness caches")
     parser.add_argument("--out", type=Path, default=None, help="default reports/<bundle name>/")

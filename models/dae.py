@@ -322,19 +322,28 @@ class DAETrainConfig:
 
 
 def train_dae(
-    dae: VJPModule, images: np.ndarray, config: DAETrainConfig, checkpoint: Path | None = None
+    dae: VJPModule,
+    images: np.ndarray,
+    config: DAETrainConfig,
+    checkpoint: Path | None = None,
+    pairs: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Train in place with Adam and MSE to map clip(x + noise, 0, 1) back to x; returns the figures worth
     recording and leaves the DAE in eval mode (the only mode its VJP is valid in).
 
+    With `pairs`, row i of it is one more input the DAE must map back to images[i] (an adversarial example
+    of that image, to test whether a DAE can learn to undo attacks), in the same batches as the noisy ones.
     All randomness (order, noise) comes from one generator seeded with `config.seed`; seed torch before
     building the DAE to fix its initial weights too. `checkpoint`: see `models.train.run_epochs`.
     """
     if images.ndim != 4 or images.dtype != np.float32:
         raise ValueError(f"images must be float32 [N,C,H,W], got {images.dtype} {images.shape}")
+    if pairs is not None and (pairs.shape != images.shape or pairs.dtype != np.float32):
+        raise ValueError(f"pairs must match images {images.shape} float32, got {pairs.dtype} {pairs.shape}")
     generator = torch.Generator().manual_seed(config.seed)
     device = _model_device(dae)
     clean = torch.from_numpy(images)
+    paired = None if pairs is None else torch.from_numpy(pairs)
     optimizer = torch.optim.Adam(dae.parameters(), lr=config.lr)
 
     def batch_loss(index: torch.Tensor) -> torch.Tensor:
@@ -343,6 +352,8 @@ def train_dae(
         if config.blind:
             sigma = sigma * torch.rand((len(target), 1, 1, 1), generator=generator)
         noisy = (target + sigma * torch.randn(target.shape, generator=generator)).clamp(0.0, 1.0)
+        if paired is not None:
+            noisy, target = torch.cat([noisy, paired[index]]), torch.cat([target, target])
         return F.mse_loss(dae(noisy.to(device)), target.to(device))
 
     final_loss, seconds = run_epochs(
@@ -361,6 +372,7 @@ def train_dae(
         "lr": config.lr,
         "noise_sigma": config.noise_sigma,
         **({"noise": "blind"} if config.blind else {}),
+        **({"paired_inputs": len(pairs)} if pairs is not None else {}),
         "final_train_loss": round(final_loss, 6),
         "train_seconds": round(seconds, 1),
     }
