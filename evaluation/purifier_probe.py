@@ -171,9 +171,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         name = f"the DAE trained {args.finetune_epochs} more epochs on blind noise"
         images, pairs = split.train.images, None
         if args.finetune_on == "adversarial":
-            chosen = np.random.default_rng(config.seed).permutation(len(split.train))[: args.finetune_images]
-            images = split.train.images[np.sort(chosen)]
-            pairs = pgd(known, images, split.train.labels[np.sort(chosen)])
+            order = np.random.default_rng(config.seed).permutation(len(split.train))
+            chosen = np.sort(order[: args.finetune_images])
+            images = split.train.images[chosen]
+            pairs = pgd(known, images, split.train.labels[chosen])
             name += f" of {len(images)} training images and their PGD examples ({KNOWN_WEIGHTS})"
         train_dae(tuned, images, train_config, pairs=pairs)
         daes[name] = tuned
