@@ -204,8 +204,8 @@ BLACK_BOX = (SQUARE, HOP_SKIP_JUMP)
 TRANSFERABLE = (MIM,)
 """Momentum-iterative PGD (Dong et al., CVPR 2018): the transfer attack of the "surrogates" threat model."""
 SEED_GRAY_BOX = (BIM,)
-"""APuDAE's own gray-box attack, run where a classifier the defense does not know is the source: the
-undefended classifier, and the bundle's own weights with the noise off (the seed's setting)."""
+"""APuDAE's own gray-box attack, run in the threat models whose attacker does not know the defense: crafted
+on the undefended classifier, and on the bundle's own weights with the noise off (the seed's setting)."""
 BY_THREAT = {
     "transfer": (*WHITE_BOX, *SEED_GRAY_BOX),
     "known-weights": (*WHITE_BOX, *SEED_GRAY_BOX),
