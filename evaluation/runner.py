@@ -53,10 +53,13 @@ from evaluation.twin import Twin, check_parity, load_twin
 from models.attacks import art_classifier
 from models.data import ImageDataset
 from models.rse import without_noise
+from service.manifest import Manifest
 from service.runtime import EnsembleEngine, PurifierEngine, ScreenEngine
 
 log = logging.getLogger(__name__)
 CPU = ["CPUExecutionProvider"]
+EVALUATED_GRAPHS = ("ensemble", "purifier", "screen")
+"""The graph roles the harness judges systems on: the float32 ones the service serves by default."""
 FLAG_AWARE = "flag-aware"
 SURROGATES = "surrogates"
 """The source of the surrogate-transfer cells: the ensemble of the recipe's surrogate architectures."""
@@ -111,6 +114,15 @@ class CellResult:
     rows: list[dict[str, Any]]
     per_image: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     """system -> {"correct", "flagged", "linf", "score:<name>"}."""
+
+
+def cells_folder(cache_dir: Path, manifest: Manifest) -> Path:
+    """Where the cached cells of one bundle version lie: keyed on the graphs the harness runs, so that a
+    graph it never runs (the opt-in float16 ensemble) added to the bundle later keeps its finished cells."""
+    graphs = "".join(
+        manifest.graphs[role].sha256 for role in sorted(EVALUATED_GRAPHS) if role in manifest.graphs
+    )
+    return cache_dir / "cells" / hashlib.sha256(graphs.encode()).hexdigest()[:12]
 
 
 class Evaluation:
@@ -422,8 +434,7 @@ class Evaluation:
     def _cache_paths(self, cell: Cell) -> tuple[Path, Path] | None:
         if self.cache_dir is None:
             return None
-        graphs = "".join(graph.sha256 for _, graph in sorted(self.manifest.graphs.items()))
-        folder = self.cache_dir / "cells" / hashlib.sha256(graphs.encode()).hexdigest()[:12]
+        folder = cells_folder(self.cache_dir, self.manifest)
         return folder / f"{cell.key()}.json", folder / f"{cell.key()}.npz"
 
     def _save(self, result: CellResult) -> None:
