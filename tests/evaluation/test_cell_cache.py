@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation.runner import cells_folder
+from evaluation.runner import EVALUATED_GRAPHS, cells_folder
 from service.manifest import FP16_ENSEMBLE, load_manifest
 from tests.conftest import bundle_dir
 
@@ -18,7 +18,7 @@ def test_cells_are_keyed_on_the_graphs_the_harness_runs(tmp_path: Path) -> None:
     without_fp16 = {role: graph for role, graph in manifest.graphs.items() if role != FP16_ENSEMBLE}
     assert cells_folder(tmp_path, manifest.model_copy(update={"graphs": without_fp16})) == folder
 
-    for role in ("ensemble", "purifier", "screen"):
+    for role in EVALUATED_GRAPHS:
         changed = manifest.graphs[role].model_copy(update={"sha256": "0" * 64})
         other = manifest.model_copy(update={"graphs": {**manifest.graphs, role: changed}})
         assert cells_folder(tmp_path, other) != folder, role
