@@ -4,6 +4,9 @@
     python -m bench --out reports/bench --quick    (smoke run; figures not for quoting)
     python -m bench --bundle model_repository/cifar10-rse-apudae/1 --data ../shared/data \
         --out reports/bench/cifar10                (the CIFAR-10 bundle; its test images need the data)
+    python -m bench --provider cuda ...            (on a GPU: onnxruntime-gpu and CUDA torch; the naive
+                                                    baseline runs on the GPU too)
+    python -m bench --skip-http ...                (no service over HTTP: no fastapi/locust needed)
 
 Writes results.json, results.md and throughput.png under --out.
 """
@@ -35,8 +38,8 @@ from evaluation.twin import load_twin
 from export.bundle import invoking_command
 from models.rse import noise_disabled
 from service.manifest import FP16_ENSEMBLE
-from service.registry import LoadOptions, load_bundle
-from service.runtime import choose_providers
+from service.registry import LoadedModel, LoadOptions, load_bundle
+from service.runtime import CUDA, choose_providers
 from service.settings import Settings
 
 log = logging.getLogger("bench")
@@ -52,14 +55,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data", type=Path, default=None, help="CIFAR-10 bundles: the dataset folder, as for the evaluation"
     )
     parser.add_argument("--samples", type=int, default=10)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64, 128])
+    parser.add_argument(
+        "--provider",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the engine, the naive baseline and the service run (cuda: refuses to fall back to CPU)",
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=None,
+        help="default: 1 8 32 64 128 (cpu), 1 8 32 128 512 (cuda)",
+    )
     parser.add_argument("--users", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--http-seconds", type=int, default=12)
+    parser.add_argument("--skip-http", action="store_true", help="leave out the service over HTTP (locust)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     args = parser.parse_args(argv)
+    if args.batches is None:
+        args.batches = DEFAULT_BATCHES[args.provider]
     if args.quick:
         args.batches, args.users, args.http_seconds = [1, 8], [1, 4], 3
     return args
+
+
+DEFAULT_BATCHES = {"cpu": [1, 8, 32, 64, 128], "cuda": [1, 8, 32, 128, 512]}
+"""Engine batch sizes by provider: a GPU keeps gaining from batches far past where a CPU call leaves cache."""
+CUDA_GRAPH_BATCH = 32
+"""The fixed batch of the CUDA-graph attempt: the batch of the engine/naive target."""
+
+
+def providers_for(provider: str) -> list[str]:
+    """onnxruntime providers for `--provider`. With cuda, both onnxruntime's CUDA provider and CUDA torch (the
+    naive baseline's device) must be there: a run that quietly fell back to CPU would report CPU figures as
+    GPU ones."""
+    providers = choose_providers(provider)
+    if provider == "cuda" and (CUDA not in providers or not torch.cuda.is_available()):
+        raise SystemExit(
+            f"--provider cuda: CUDAExecutionProvider is not available (onnxruntime {ort.__version__} offers "
+            f"{ort.get_available_providers()}; torch {torch.__version__} sees CUDA: "
+            f"{torch.cuda.is_available()}). Install onnxruntime-gpu and a CUDA build of torch, or use "
+            "--provider cpu."
+        )
+    return providers
 
 
 def attacked_inputs(
@@ -86,17 +125,67 @@ def write_request_images(images: np.ndarray, folder: Path) -> Path:
     return folder
 
 
+def machine(model: LoadedModel, device: torch.device) -> dict[str, Any]:
+    """What the figures were measured on, providers as the sessions actually got them."""
+    about = {
+        "cpu_cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "onnxruntime": ort.__version__,
+        "providers": model.engine.session.get_providers(),
+        "torch": torch.__version__,
+        "load_average_at_start": os.getloadavg(),
+    }
+    if device.type == "cuda":
+        about["gpu"] = torch.cuda.get_device_name(device)
+    return about
+
+
+def http_runs(args: argparse.Namespace, endpoint: str, images: np.ndarray) -> dict[str, Any]:
+    """The service over HTTP under locust, on `--provider`, batching on and off, then at half saturation."""
+    http: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        bodies = {"BENCH_IMAGES": str(write_request_images(images, Path(folder)))}
+        for label, settings, path in (
+            ("batching_on", {"batching": "true"}, endpoint),
+            ("batching_off", {"batching": "false"}, endpoint),
+            ("batching_on_no_purify", {"batching": "true"}, f"{endpoint}?purify=false"),
+        ):
+            with measure.running_service(provider=args.provider, **settings) as service:
+                http[label] = [
+                    measure.locust_run(service.url, u, args.http_seconds, path, extra_env=bodies)
+                    for u in args.users
+                ]
+        saturation = max(run["requests_per_second"] for run in http["batching_on"])
+        users = max(args.users)
+        with measure.running_service(provider=args.provider, batching="true") as service:
+            http["half_load"] = measure.locust_run(
+                service.url,
+                users,
+                args.http_seconds,
+                endpoint,
+                rate_per_user=saturation / 2 / users,
+                extra_env=bodies,
+            )
+    return http
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    providers = providers_for(args.provider)
+    device = torch.device(args.provider)
     settings = Settings()  # the service's defaults: threads per call, calls side by side, skip threshold
-    workers = settings.engine_threads()
+    # NOTE: one call at a time on a GPU: side-by-side calls only multiply its activation memory
+    workers = 1 if args.provider == "cuda" else settings.engine_threads()
     options = LoadOptions(
-        choose_providers("cpu"),
+        providers,
         settings.intra_op_threads,
         warmup=True,
         skip_z=settings.purify_skip_z,
         max_rows=settings.max_rows_per_call,
     )
     manifest_model = load_bundle(args.bundle, options)
+    if args.provider == "cuda" and manifest_model.engine.provider != CUDA:
+        raise SystemExit(f"--provider cuda: onnxruntime gave the sessions {manifest_model.engine.provider}")
     manifest = manifest_model.manifest
     # the same pipeline on the float16 ensemble graph, where the bundle has one (DEFENDED_PRECISION=fp16)
     fp16_model = (
@@ -107,21 +196,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     recipe = recipe_for(manifest)
     test = recipe.split(manifest, args.data).test
     clean, labels = test.images[:1000], test.labels[:1000]
-    naive = NaivePipeline(args.bundle)
+    naive = NaivePipeline(args.bundle, device)
     n = args.samples
     results: dict[str, Any] = {
         "bundle": f"{manifest.name}/{manifest.version}",
         "command": invoking_command(),
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "onnxruntime": ort.__version__,
-            "providers": ["CPUExecutionProvider"],
-            "torch": torch.__version__,
-            "load_average_at_start": os.getloadavg(),
-        },
+        "provider": args.provider,
+        "machine": machine(manifest_model, device),
         "samples": n,
         "quick": args.quick,
     }
@@ -140,12 +222,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if fp16_model is not None:
         modes |= {"adaptive_fp16": (fp16_model, True, adaptive), "no_purify_fp16": (fp16_model, False, None)}
-    results["engine"] = {
+    rates = {
         mode: {str(b): measure.engine_rate(model, clean, b, n, purify, skip, workers) for b in args.batches}
         for mode, (model, purify, skip) in modes.items()
     }
+    results["engine"] = {mode: {b: r.images_per_second for b, r in by.items()} for mode, by in rates.items()}
+    results["engine_latency_ms"] = {
+        mode: {b: r.latency_ms for b, r in by.items()} for mode, by in rates.items()
+    }
     results["engine_threads"] = {"calls_side_by_side": workers, "threads_per_call": settings.intra_op_threads}
     results["batcher_max_batch"] = settings.max_batch_images
+    if args.provider == "cuda":
+        results["cuda_graph"] = measure.cuda_graph_rate(manifest_model, clean, CUDA_GRAPH_BATCH, n)
     steps.update()
     count = (100, 40) if args.quick else (1000, 200)
     attacked = attacked_inputs(args.bundle, recipe, clean[: count[1]], labels[: count[1]])
@@ -154,35 +242,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     steps.update()
     results["flops_per_image"] = measure.pipeline_flops(naive, tuple(manifest.input.shape), n)
-    results["matmul_flops_per_second"] = measure.matmul_flops_per_second(1024 if args.quick else 2048)
+    if device.type == "cuda":
+        by_precision = measure.gpu_matmul_flops_per_second(device, 4096 if args.quick else 8192)
+        results["matmul_flops_per_second_by_precision"] = by_precision
+        results["matmul_flops_per_second"] = by_precision["float32"]  # the fraction of peak uses this one
+    else:
+        results["matmul_flops_per_second"] = measure.matmul_flops_per_second(1024 if args.quick else 2048)
     steps.update()
-    http: dict[str, Any] = {}
-    endpoint = f"/v1/models/{manifest.name}/predict"
-    with tempfile.TemporaryDirectory() as folder:
-        bodies = {"BENCH_IMAGES": str(write_request_images(clean[:10], Path(folder)))}
-        for label, settings, path in (
-            ("batching_on", {"batching": "true"}, endpoint),
-            ("batching_off", {"batching": "false"}, endpoint),
-            ("batching_on_no_purify", {"batching": "true"}, f"{endpoint}?purify=false"),
-        ):
-            with measure.running_service(**settings) as service:
-                http[label] = [
-                    measure.locust_run(service.url, u, args.http_seconds, path, extra_env=bodies)
-                    for u in args.users
-                ]
-        steps.update()
-        saturation = max(run["requests_per_second"] for run in http["batching_on"])
-        users = max(args.users)
-        with measure.running_service(batching="true") as service:
-            http["half_load"] = measure.locust_run(
-                service.url,
-                users,
-                args.http_seconds,
-                endpoint,
-                rate_per_user=saturation / 2 / users,
-                extra_env=bodies,
-            )
-    results["http"] = http
+    if not args.skip_http:
+        results["http"] = http_runs(args, f"/v1/models/{manifest.name}/predict", clean[:10])
+    steps.update()
     results["machine"]["load_average_at_end"] = os.getloadavg()
     steps.update()
     steps.close()

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -27,6 +28,7 @@ from export.calibrate import flagged
 from models.purify import AdaptivePurifier
 from service.pipeline import run_pipeline_batched
 from service.registry import LoadedModel
+from service.runtime import CPU, CUDA, create_session
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +45,8 @@ def rate(work: Callable[[], int], min_seconds: float, min_calls: int = 2) -> flo
 
 def naive_rate(naive: NaivePipeline, images: np.ndarray, samples: int, purify: bool) -> dict[str, float]:
     """The reference way: one image per call, N sequential passes, autograd purification; images/s with
-    torch's default threads and with one thread, and the better of the two as the baseline.
+    torch's default threads and with one thread, and the better of the two as the baseline (on a GPU, the
+    one figure there).
 
     NOTE: batch-1 eager torch is hypersensitive to other load on the cores (its OpenMP threads spin at
     every tiny op): with another process busy, the default-thread figure fell 100-fold in one run. Taking
@@ -55,6 +58,9 @@ def naive_rate(naive: NaivePipeline, images: np.ndarray, samples: int, purify: b
         naive(images[next(position) % len(images)][None], samples, purify)
         return 1
 
+    if naive.device.type != "cpu":
+        measured = {naive.device.type: rate(one, min_seconds=3.0, min_calls=len(images))}
+        return {**measured, "best": max(measured.values())}
     default_threads = torch.get_num_threads()
     measured = {f"threads_{default_threads}": rate(one, min_seconds=3.0, min_calls=len(images))}
     torch.set_num_threads(1)
@@ -65,6 +71,14 @@ def naive_rate(naive: NaivePipeline, images: np.ndarray, samples: int, purify: b
     return {**measured, "best": max(measured.values())}
 
 
+@dataclass(frozen=True)
+class EngineRate:
+    images_per_second: float
+    """Median of three throughput measurements."""
+    latency_ms: dict[str, float]
+    """Percentiles (p50, p95, p99) of one `infer` call's wall time over every measured call."""
+
+
 def engine_rate(
     model: LoadedModel,
     images: np.ndarray,
@@ -73,22 +87,34 @@ def engine_rate(
     purify: bool,
     skip_z: float | None,
     workers: int,
-) -> float:
+) -> EngineRate:
     """Our engine in-process (no HTTP), as the service runs it: `workers` calls side by side, each one
     `infer` over a batch of `batch` clean test images. The median of three measurements: a single one
-    once fell by a third on the idle machine (docs/PERFORMANCE.md), and one such reading decides a target."""
+    once fell by a third on the idle machine (docs/PERFORMANCE.md), and one such reading decides a target.
+    Per-call latencies are taken after one warm-up round, so first-call costs (allocations, kernel
+    selection on a GPU) stay out of the tail."""
     chunks = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)] or [images[:batch]]
     position = iter(range(10**9))
     skip = -np.inf if skip_z is None else skip_z  # -inf: purify every image for T steps
+    calls: list[float] = []
+
+    def timed(chunk: np.ndarray) -> None:
+        started = time.perf_counter()
+        model.infer(chunk, samples, purify, skip_z=skip)
+        calls.append(time.perf_counter() - started)
 
     with ThreadPoolExecutor(workers) as pool:
 
         def side_by_side() -> int:
             taken = [chunks[next(position) % len(chunks)] for _ in range(workers)]
-            list(pool.map(lambda chunk: model.infer(chunk, samples, purify, skip_z=skip), taken))
+            list(pool.map(timed, taken))
             return sum(len(chunk) for chunk in taken)
 
-        return statistics.median(rate(side_by_side, min_seconds=2.0) for _ in range(3))
+        side_by_side()
+        calls.clear()
+        throughput = statistics.median(rate(side_by_side, min_seconds=2.0) for _ in range(3))
+    quantiles = np.percentile(np.asarray(calls) * 1e3, [50, 95, 99])
+    return EngineRate(throughput, dict(zip(("p50", "p95", "p99"), map(float, quantiles), strict=True)))
 
 
 def adaptive_trade(
@@ -120,7 +146,7 @@ def adaptive_trade(
 def pipeline_flops(naive: NaivePipeline, shape: tuple[int, ...], samples: int) -> dict[str, float]:
     """FLOPs per image, counted by torch on the twin modules: one classifier pass, the T-step purification
     (forwards, VJPs and the final error), one DAE forward (the screen), and the two pipelines built on them."""
-    x = torch.rand(1, *shape)
+    x = torch.rand(1, *shape, device=naive.device)
 
     def count(fn: Callable[[], Any]) -> float:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -128,7 +154,7 @@ def pipeline_flops(naive: NaivePipeline, shape: tuple[int, ...], samples: int) -
         return float(counter.get_total_flops())
 
     classifier = count(lambda: naive.classifier(x))
-    purifier = count(lambda: AdaptivePurifier(naive.dae, naive.config, noise=False)(x))
+    purifier = count(lambda: AdaptivePurifier(naive.dae, naive.config, noise=False).to(naive.device)(x))
     screen = count(lambda: naive.dae(x))
     return {
         "classifier_pass": classifier,
@@ -146,6 +172,70 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
     torch.mm(a, b)
     best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * size**3 / best
+
+
+def gpu_matmul_flops_per_second(device: torch.device, size: int = 8192, repeats: int = 7) -> dict[str, float]:
+    """The GPU's dense limits for context, by precision: float32 with TF32 off (the like-for-like peak for our
+    float32 graphs), float32 with TF32 on, and float16. Each the median of `repeats` timed products after a
+    warm-up, the device synchronized before and after each one (kernels run asynchronously)."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    measured = {}
+    try:
+        for label, dtype, allow_tf32 in (
+            ("float32", torch.float32, False),
+            ("tf32", torch.float32, True),
+            ("float16", torch.float16, False),
+        ):
+            torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+            a, b = (torch.rand(size, size, device=device, dtype=dtype) for _ in range(2))
+
+            def product(a: torch.Tensor = a, b: torch.Tensor = b) -> None:
+                torch.mm(a, b)
+                torch.cuda.synchronize(device)
+
+            product()
+            seconds = statistics.median(_timed(product) for _ in range(repeats))
+            measured[label] = 2 * size**3 / seconds
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return measured
+
+
+def cuda_graph_rate(model: LoadedModel, images: np.ndarray, batch: int, samples: int) -> dict[str, Any]:
+    """An attempt at onnxruntime's CUDA graphs (`enable_cuda_graph`) on the ensemble graph alone at one fixed
+    batch: images/s with the input updated in place and the probabilities copied back per call, or the
+    error onnxruntime raised. Our graph takes `samples` as a dynamic input and draws RandomNormalLike noise,
+    either of which may make it refuse (every node must run on the CUDA EP for capture)."""
+    options = {"enable_cuda_graph": "1"}
+    try:
+        session = create_session(
+            model.path / model.manifest.graphs["ensemble"].path,
+            providers=[(CUDA, options), CPU],
+            intra_op_threads=1,
+            seed=None,
+        )
+        chunk = np.ascontiguousarray(images[:batch], dtype=np.float32)
+        device_images = ort.OrtValue.ortvalue_from_numpy(chunk, "cuda", 0)
+        classes = len(model.manifest.classes)
+        device_probabilities = ort.OrtValue.ortvalue_from_numpy(
+            np.zeros((batch, samples, classes), dtype=np.float32), "cuda", 0
+        )
+        binding = session.io_binding()
+        binding.bind_ortvalue_input("images", device_images)
+        binding.bind_cpu_input("samples", np.asarray(samples, dtype=np.int64))
+        binding.bind_ortvalue_output("probabilities", device_probabilities)
+        session.run_with_iobinding(binding)  # the first run captures the graph
+
+        def replay() -> int:
+            device_images.update_inplace(chunk)
+            session.run_with_iobinding(binding)
+            device_probabilities.numpy()
+            return batch
+
+        return {"batch": batch, "images_per_second": rate(replay, min_seconds=2.0)}
+    # NOTE: deliberately broad: onnxruntime raises its own types, and a refusal is a finding to record.
+    except Exception as exc:
+        return {"batch": batch, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _timed(fn: Callable[[], Any]) -> float:

@@ -12,14 +12,14 @@ import matplotlib.pyplot as plt
 
 
 def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
-    """(target, measured, required, met) for each of the issue's CPU targets that this run measured."""
-    engine, http = results["engine"], results["http"]
+    """(target, measured, required, met) for each of the issue's targets that this run measured."""
+    engine, http = results["engine"], results.get("http")
     rows = []
     if "32" in engine["fixed_T"]:
         ratio = engine["fixed_T"]["32"] / results["naive"]["purify"]["best"]
         rows.append(("engine at batch 32 / naive, full pipeline (purify + N)", ratio, 2.0, ratio >= 2.0))
-    at = {run["users"]: run for run in http["batching_on"]}
-    off = {run["users"]: run for run in http["batching_off"]}
+    at = {run["users"]: run for run in http["batching_on"]} if http else {}
+    off = {run["users"]: run for run in http["batching_off"]} if http else {}
     if 16 in at:
         # the batcher's max batch (DEFENDED_MAX_BATCH_IMAGES) where the run measured it, else the largest
         max_batch = str(results.get("batcher_max_batch"))
@@ -29,9 +29,10 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
         rows.append((f"HTTP, 16 clients / engine at batch {max_batch}", share, 0.8, share >= 0.8))
         ratio = at[16]["requests_per_second"] / off[16]["requests_per_second"]
         rows.append(("HTTP, 16 clients: batching on / off", ratio, 2.0, ratio >= 2.0))
-    half = http["half_load"]
-    spread = half["p99_ms"] / half["p50_ms"]
-    rows.append(("p99 / p50 latency at half the saturation throughput", spread, 2.5, spread <= 2.5))
+    if http:
+        half = http["half_load"]
+        spread = half["p99_ms"] / half["p50_ms"]
+        rows.append(("p99 / p50 latency at half the saturation throughput", spread, 2.5, spread <= 2.5))
     largest = max(engine["adaptive"], key=int)
     speedup = engine["adaptive"][largest] / engine["fixed_T"][largest]
     rows.append(
@@ -59,17 +60,40 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
     return rows
 
 
+def device(results: dict[str, Any]) -> str:
+    """The machine the engine ran on, in words: the GPU by name, else the CPU cores."""
+    machine = results["machine"]
+    return f"GPU {machine['gpu']}" if "gpu" in machine else f"{machine['cpu_cores']} CPU cores"
+
+
+def naive_ratios(results: dict[str, Any]) -> list[tuple[str, float]]:
+    """The engine over the naive baseline on the full pipeline (purify + N): at batch 32 and at its best."""
+    naive = results["naive"]["purify"]["best"]
+    fixed = results["engine"]["fixed_T"]
+    best = max(fixed, key=lambda batch: fixed[batch])
+    rows = [(f"best engine rate (batch {best}) / naive", fixed[best] / naive)]
+    if "32" in fixed:
+        rows.insert(0, ("engine at batch 32 / naive", fixed["32"] / naive))
+    return rows
+
+
 def write_report(results: dict[str, Any], out: Path) -> None:
+    machine = results["machine"]
     lines = [
-        f"# Benchmark: {results['bundle']}, N = {results['samples']}",
+        f"# Benchmark: {results['bundle']}, N = {results['samples']}, on {device(results)}",
         "",
-        f"Command: `{results['command']}` ({results['when']}). Machine: {results['machine']['cpu_cores']} CPU "
-        f"cores, {results['machine']['platform']}, onnxruntime {results['machine']['onnxruntime']} "
-        f"(CPUExecutionProvider), torch {results['machine']['torch']}; 1-minute load average "
-        f"{results['machine']['load_average_at_start'][0]:.2f} at the start and "
-        f"{results['machine']['load_average_at_end'][0]:.2f} at the end (other work on the machine "
+        f"Command: `{results['command']}` ({results['when']}). Machine: "
+        + (f"GPU {machine['gpu']}, " if "gpu" in machine else "")
+        + f"{machine['cpu_cores']} CPU cores, {machine['platform']}, onnxruntime {machine['onnxruntime']} "
+        f"({', '.join(machine['providers'])}), torch {machine['torch']}; 1-minute load average "
+        f"{machine['load_average_at_start'][0]:.2f} at the start and "
+        f"{machine['load_average_at_end'][0]:.2f} at the end (other work on the machine "
         "inflates it and lowers every figure)."
         + (" **Quick mode: smoke figures, not for quoting.**" if results["quick"] else ""),
+        "",
+        "Full pipeline (purify + N), engine / naive: "
+        + "; ".join(f"{name} **{ratio:.2f}**" for name, ratio in naive_ratios(results))
+        + ".",
         "",
         "## Targets",
         "",
@@ -98,6 +122,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     ]
     for mode, by_batch in results["engine"].items():
         lines.append(f"| {mode} | " + " | ".join(f"{v:.1f}" for v in by_batch.values()) + " |")
+    lines += _latency_lines(results)
     lines += [
         "",
         f"The engine runs as the service does: {results['engine_threads']['calls_side_by_side']} calls side by "
@@ -106,16 +131,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "adaptive skips the steps for images whose reconstruction z-score is ≤ 0 (the service default); "
         "no_purify runs the ensemble alone; *_fp16: the same on the bundle's float16 ensemble graph "
         "(`DEFENDED_PRECISION=fp16`).",
-        "",
-        "## Service over HTTP (locust, single-image JSON requests, loopback)",
-        "",
-        "| configuration | users | req/s | p50 ms | p95 ms | p99 ms | failures |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for label in ("batching_on", "batching_off", "batching_on_no_purify"):
-        for run in results["http"][label]:
-            lines.append(_http_row(label, run))
-    lines.append(_http_row("half_load (batching on)", results["http"]["half_load"]))
+    lines += _cuda_graph_lines(results) + _http_lines(results)
     flops, peak = results["flops_per_image"], results["matmul_flops_per_second"]
     best = max(results["engine"]["fixed_T"].values())
     achieved = best * flops["fixed_T_pipeline"]
@@ -126,8 +143,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"FLOPs per image (counted by torch): fixed-T pipeline {flops['fixed_T_pipeline'] / 1e6:.0f} M, "
         f"classifier pass {flops['classifier_pass'] / 1e6:.1f} M, purifier {flops['purifier'] / 1e6:.0f} M. "
         f"Best fixed-T engine throughput {best:.0f} images/s = {achieved / 1e9:.1f} GFLOP/s, against "
-        f"{peak / 1e9:.1f} GFLOP/s for a large fp32 matrix product on the same machine "
-        f"({achieved / peak:.0%}).",
+        f"{peak / 1e9:.1f} GFLOP/s for a large float32 matrix product on the same {_peak_device(results)} "
+        f"({achieved / peak:.0%} of that float32 figure).",
         "",
         "## Adaptive compute: what it changes",
         "",
@@ -144,6 +161,66 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     _plot(results, out / "throughput.png")
 
 
+def _peak_device(results: dict[str, Any]) -> str:
+    """Where the matmul peak was measured, with the GPU's other precisions for context."""
+    precisions = results.get("matmul_flops_per_second_by_precision")
+    if precisions is None:
+        return "machine"
+    others = ", ".join(f"{name} {value / 1e12:.1f} TFLOP/s" for name, value in precisions.items())
+    return f"GPU, TF32 off; by precision: {others}"
+
+
+def _latency_lines(results: dict[str, Any]) -> list[str]:
+    """Per-call latency percentiles of the engine, where the run recorded them."""
+    latency = results.get("engine_latency_ms")
+    if not latency:
+        return []
+    lines = [
+        "",
+        "Engine per-call latency, ms (p50 / p95 / p99 of one `infer` call over a batch):",
+        "",
+        "| engine mode | " + " | ".join(f"batch {b}" for b in results["engine"]["fixed_T"]) + " |",
+        "| --- |" + " --- |" * len(results["engine"]["fixed_T"]),
+    ]
+    for mode, by_batch in latency.items():
+        cells = (f"{ms['p50']:.1f} / {ms['p95']:.1f} / {ms['p99']:.1f}" for ms in by_batch.values())
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cuda_graph_lines(results: dict[str, Any]) -> list[str]:
+    attempt = results.get("cuda_graph")
+    if attempt is None:
+        return []
+    outcome = (
+        f"{attempt['images_per_second']:.1f} images/s"
+        if "error" not in attempt
+        else f"refused: `{attempt['error'].splitlines()[0][:300]}`"
+    )
+    return [
+        "",
+        f"onnxruntime CUDA graphs (`enable_cuda_graph`) on the ensemble alone at batch {attempt['batch']}: "
+        f"{outcome}.",
+    ]
+
+
+def _http_lines(results: dict[str, Any]) -> list[str]:
+    http = results.get("http")
+    if not http:
+        return ["", "## Service over HTTP", "", "Not measured in this run (`--skip-http`)."]
+    lines = [
+        "",
+        "## Service over HTTP (locust, single-image JSON requests, loopback)",
+        "",
+        "| configuration | users | req/s | p50 ms | p95 ms | p99 ms | failures |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label in ("batching_on", "batching_off", "batching_on_no_purify"):
+        lines += [_http_row(label, run) for run in http[label]]
+    lines.append(_http_row("half_load (batching on)", http["half_load"]))
+    return lines
+
+
 def _http_row(label: str, run: dict[str, Any]) -> str:
     return (
         f"| {label} | {run['users']} | {run['requests_per_second']:.1f} | {run['p50_ms']:.0f} | "
@@ -158,19 +235,26 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     left.axhline(results["naive"]["purify"]["best"], color="grey", linestyle="--", label="naive, purify + N")
     left.set(xscale="log", xlabel="batch size (images)", ylabel="images/s", title="In-process engine")
     left.legend(fontsize=8)
-    for label, runs in results["http"].items():
-        if label == "half_load":
-            continue
-        right.plot(
-            [r["users"] for r in runs], [r["requests_per_second"] for r in runs], marker="o", label=label
+    http = results.get("http")
+    if not http:  # --skip-http
+        right.set_axis_off()
+    else:
+        for label, runs in http.items():
+            if label != "half_load":
+                right.plot(
+                    [r["users"] for r in runs],
+                    [r["requests_per_second"] for r in runs],
+                    marker="o",
+                    label=label,
+                )
+        right.set(
+            xscale="log",
+            xlabel="concurrent clients",
+            ylabel="requests/s (1 image each)",
+            title="HTTP service",
         )
-    right.set(
-        xscale="log", xlabel="concurrent clients", ylabel="requests/s (1 image each)", title="HTTP service"
-    )
-    right.legend(fontsize=8)
-    figure.suptitle(
-        f"{results['bundle']}, N = {results['samples']}, {results['machine']['cpu_cores']} CPU cores"
-    )
+        right.legend(fontsize=8)
+    figure.suptitle(f"{results['bundle']}, N = {results['samples']}, {device(results)}")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

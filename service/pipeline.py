@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 
 from service.manifest import PurifierSpec
-from service.runtime import EnsembleEngine, PurifierEngine, ScreenEngine
+from service.runtime import DeviceRows, EnsembleEngine, PurifierEngine, ScreenEngine
 from service.scoring import EnsembleSummary, purification_scores, summarize
 
 
@@ -105,24 +105,75 @@ def infer(
         seconds["screen"] = time.perf_counter() - started
         error_before[purify] = error_after[purify] = screened
         run_purifier[purify] = (screened - spec.mu) / spec.sigma > skip_z
+    to_purify = images[run_purifier]
+    stages = _stages_on_device if ensemble.io_binding else _stages_on_host
+    purification, passes = stages(
+        ensemble, purifier if len(to_purify) else None, images, to_purify, samples, seconds
+    )
     received = images
-    if run_purifier.any():
-        started = time.perf_counter()
-        purified, before, after = purifier.run(images[run_purifier])
-        seconds["purifier"] = time.perf_counter() - started
+    if purification is not None:
+        purified, error_before[run_purifier], error_after[run_purifier] = purification
         received = images.copy()
         received[run_purifier] = purified
-        error_before[run_purifier], error_after[run_purifier] = before, after
         steps[run_purifier] = spec.steps
-    # NOTE: the raw input of the purified images rides along in the same ensemble call, so "purification
-    # changed the label" costs no second call.
-    started = time.perf_counter()
-    passes = ensemble.run(np.concatenate([images, received[run_purifier]]), samples)
-    seconds["ensemble"] = time.perf_counter() - started
     raw = passes[:batch]
     final = raw.copy()
     final[run_purifier] = passes[batch:]
     return EngineOutput(final, raw, received, error_before, error_after, purify, steps, seconds)
+
+
+Purified = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""The purifier's outputs for the images it ran on: purified images, error before, error after."""
+
+
+def _stages_on_host(
+    ensemble: EnsembleEngine,
+    purifier: PurifierEngine | None,
+    images: np.ndarray,
+    to_purify: np.ndarray,
+    samples: int,
+    seconds: dict[str, float],
+) -> tuple[Purified | None, np.ndarray]:
+    """Purifier (when given) on `to_purify`, then the ensemble on `images` followed by the purified ones."""
+    purification = None
+    if purifier is not None:
+        started = time.perf_counter()
+        purification = purifier.run(to_purify)
+        seconds["purifier"] = time.perf_counter() - started
+    # NOTE: the raw input of the purified images rides along in the same ensemble call, so "purification
+    # changed the label" costs no second call.
+    started = time.perf_counter()
+    received = to_purify if purification is None else purification[0]
+    passes = ensemble.run(np.concatenate([images, received]), samples)
+    seconds["ensemble"] = time.perf_counter() - started
+    return purification, passes
+
+
+def _stages_on_device(
+    ensemble: EnsembleEngine,
+    purifier: PurifierEngine | None,
+    images: np.ndarray,
+    to_purify: np.ndarray,
+    samples: int,
+    seconds: dict[str, float],
+) -> tuple[Purified | None, np.ndarray]:
+    """`_stages_on_host` with IO binding: one device buffer [B+P] holds the raw images in its first B rows,
+    and the purifier writes the P purified ones straight into the rest, so the ensemble reads the whole
+    buffer without the purified images going device -> host -> device between the graphs."""
+    batch = len(images)
+    host = np.empty((batch + len(to_purify), *images.shape[1:]), dtype=np.float32)
+    host[:batch] = images  # the last P rows are overwritten on the device by the purifier
+    buffer = ensemble.upload(host)
+    purification = None
+    if purifier is not None:
+        started = time.perf_counter()
+        rows = DeviceRows(buffer, start=batch, count=len(to_purify))
+        purification = purifier.run_on_device(purifier.upload(to_purify), rows)
+        seconds["purifier"] = time.perf_counter() - started
+    started = time.perf_counter()
+    passes = ensemble.run_on_device(buffer, samples)
+    seconds["ensemble"] = time.perf_counter() - started
+    return purification, passes
 
 
 def score(output: EngineOutput, spec: PurifierSpec | None) -> PipelineResult:

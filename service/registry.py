@@ -104,6 +104,8 @@ class LoadOptions:
     """Graph rows per onnxruntime call on CPU (see `GraphEngine._run`); 0: no limit."""
     precision: Literal["fp32", "fp16"] = "fp32"
     """Which ensemble graph is served: `ensemble`, or `ensemble_fp16` where the bundle has one."""
+    io_binding: bool | None = None
+    """Keep a batch on the device between the graphs (see `GraphEngine.io_binding`); None: on for CUDA."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ def load_bundle(bundle_dir: Path, options: LoadOptions) -> LoadedModel:
             intra_op_threads=options.intra_op_threads,
             seed=options.seed,
             max_rows=options.max_rows,
+            io_binding=options.io_binding,
         )
         inputs, outputs = engine.io_names()
         if inputs != graph.inputs or outputs != graph.outputs:
