@@ -12,12 +12,17 @@ import matplotlib.pyplot as plt
 
 
 def targets(results: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
-    """(target, measured, required, met) for each of the issue's targets that this run measured."""
+    """(target, measured, required, met) for each of the issue's targets that this run measured. The engine's
+    lead over the naive way must be 10x on a GPU (the naive baseline runs there too) and 2x on CPU; the other
+    targets are the CPU ones, reported for a GPU run as measured."""
     engine, http = results["engine"], results.get("http")
     rows = []
     if "32" in engine["fixed_T"]:
         ratio = engine["fixed_T"]["32"] / results["naive"]["purify"]["best"]
-        rows.append(("engine at batch 32 / naive, full pipeline (purify + N)", ratio, 2.0, ratio >= 2.0))
+        required = 10.0 if results.get("provider") == "cuda" else 2.0
+        rows.append(
+            ("engine at batch 32 / naive, full pipeline (purify + N)", ratio, required, ratio >= required)
+        )
     at = {run["users"]: run for run in http["batching_on"]} if http else {}
     off = {run["users"]: run for run in http["batching_off"]} if http else {}
     if 16 in at:

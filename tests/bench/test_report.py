@@ -10,6 +10,7 @@ from bench.report import targets, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 CIFAR10_RUN = REPO / "reports" / "bench" / "cifar10" / "results.json"
+GPU_RUN = REPO / "reports" / "bench" / "cifar10-h100" / "results.json"
 
 
 def _met(results: dict, name: str) -> bool:
@@ -37,17 +38,15 @@ def test_report_of_a_real_run_has_its_tables_and_plot(tmp_path: Path) -> None:
     assert (tmp_path / "throughput.png").stat().st_size > 10_000
 
 
-def test_report_of_a_gpu_run_without_http_names_the_gpu_and_the_float32_peak(tmp_path: Path) -> None:
-    results = json.loads(CIFAR10_RUN.read_text())
-    del results["http"]
-    results["machine"] |= {"gpu": "NVIDIA H100 80GB HBM3", "providers": ["CUDAExecutionProvider"]}
-    results["matmul_flops_per_second_by_precision"] = {"float32": 5e13, "tf32": 4e14, "float16": 7e14}
-    results["matmul_flops_per_second"] = 5e13
-    results["cuda_graph"] = {"batch": 32, "error": "Fail: nodes not on the CUDA EP\nmore"}
+def test_report_of_the_h100_run_names_the_gpu_its_10x_target_and_the_float32_peak(tmp_path: Path) -> None:
+    results = json.loads(GPU_RUN.read_text())
     write_report(results, tmp_path)
     text = (tmp_path / "results.md").read_text()
     assert "on GPU NVIDIA H100 80GB HBM3" in text
-    assert "engine at batch 32 / naive **3.11**" in text and "best engine rate (batch" in text
-    assert "of that float32 figure" in text and "tf32 400.0 TFLOP/s" in text
-    assert "refused: `Fail: nodes not on the CUDA EP`" in text
-    assert "`--skip-http`" in text
+    assert "| engine at batch 32 / naive, full pipeline (purify + N) | 149.32 | 10 | yes |" in text
+    assert "best engine rate (batch 512) / naive **487.78**" in text
+    assert "of that float32 figure" in text and "tf32 404.6 TFLOP/s" in text
+    assert "refused: `Fail: [ONNXRuntimeError]" in text
+    del results["http"]  # a run with --skip-http
+    write_report(results, tmp_path)
+    assert "`--skip-http`" in (tmp_path / "results.md").read_text()
