@@ -58,7 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, help="data folder for bundles whose data is not packaged")
     parser.add_argument("--cache", type=Path, default=Path("runs/eval"), help="cached cells and surrogate")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    parser.add_argument("--device", default="cpu", help="where the undefended classifier trains (cpu, cuda)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where torch works: the undefended classifier's training and the white-box attacks (the replays "
+        "through the bundle's graphs stay on onnxruntime's CPU provider)",
+    )
     parser.add_argument("--machine", default=None, help="how the report names this machine")
     parser.add_argument(
         "--threads",
@@ -141,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     import torch
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device cuda: torch {torch.__version__} sees no CUDA device; use --device cpu")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     evaluation = Evaluation(

@@ -139,6 +139,8 @@ class Evaluation:
     ) -> None:
         self.config = config
         self.threads = threads
+        self.device = device
+        """Where torch work runs: the undefended classifier's training and the white-box attacks."""
         self.cache_dir = cache_dir
         self.service_url = service_url
         self.recipe: BundleRecipe = _manifest_recipe(bundle_dir)
@@ -338,9 +340,12 @@ class Evaluation:
             # NOTE: aim half a standard deviation under the threshold, so the example stays unflagged
             # after the served graph's own rounding.
             loss = FlagAwareLoss(self.manifest.calibration.thresholds["reconstruction"] - 0.5)
-        estimator = art_classifier(model, self.manifest.input.shape, classes, loss)
+        estimator = art_classifier(model, self.manifest.input.shape, classes, loss, device=self.device)
         attack = cell.attack.build(estimator, cell.strength, cell.attack.settings(cell.config))
         adversarial = A.run_attack(attack, images, labels, cell.config.seed)
+        # NOTE: ART moved the model (the twin's modules or a source) to `device` in place; everything
+        # after the attack (the replay, the next cell's sources) expects them on the CPU.
+        model.cpu()
         outcomes = {name: self.systems[name].outcome(adversarial) for name in cell.systems}
         return self._result(cell, images, labels, adversarial, outcomes, cell.settings(), {})
 

@@ -15,9 +15,16 @@ from torch import nn
 
 
 def art_classifier(
-    model: nn.Module, input_shape: tuple[int, int, int], num_classes: int, loss: nn.Module | None = None
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    loss: nn.Module | None = None,
+    device: str = "cpu",
 ):
-    """ART's PyTorch wrapper around a logits model taking [0, 1] pixels; cross-entropy unless `loss`."""
+    """ART's PyTorch wrapper around a logits model taking [0, 1] pixels; cross-entropy unless `loss`.
+
+    With `device` "cuda" ART moves `model` to the GPU in place and runs the attack there (the caller moves
+    it back when it needs it on the CPU again)."""
     from art.estimators.classification import PyTorchClassifier
 
     return PyTorchClassifier(
@@ -26,7 +33,7 @@ def art_classifier(
         input_shape=input_shape,
         nb_classes=num_classes,
         clip_values=(0.0, 1.0),
-        device_type="cpu",
+        device_type="gpu" if torch.device(device).type == "cuda" else "cpu",
     )
 
 
