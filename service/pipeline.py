@@ -106,8 +106,7 @@ def infer(
         error_before[purify] = error_after[purify] = screened
         run_purifier[purify] = (screened - spec.mu) / spec.sigma > skip_z
     to_purify = images[run_purifier]
-    stages = _stages_on_device if ensemble.io_binding else _stages_on_host
-    purification, passes = stages(
+    purification, passes = _purify_then_ensemble(
         ensemble, purifier if len(to_purify) else None, images, to_purify, samples, seconds
     )
     received = images
@@ -126,7 +125,7 @@ Purified = tuple[np.ndarray, np.ndarray, np.ndarray]
 """The purifier's outputs for the images it ran on: purified images, error before, error after."""
 
 
-def _stages_on_host(
+def _purify_then_ensemble(
     ensemble: EnsembleEngine,
     purifier: PurifierEngine | None,
     images: np.ndarray,
@@ -134,44 +133,34 @@ def _stages_on_host(
     samples: int,
     seconds: dict[str, float],
 ) -> tuple[Purified | None, np.ndarray]:
-    """Purifier (when given) on `to_purify`, then the ensemble on `images` followed by the purified ones."""
+    """Purifier (when given) on `to_purify`, then one ensemble call on `images` followed by the purified ones.
+
+    With IO binding (CUDA) one device buffer [B+P] holds the raw images in its first B rows and the purifier
+    writes the P purified ones straight into the rest, so the ensemble reads the whole buffer without the
+    purified images going device -> host -> device between the graphs."""
+    batch = len(images)
+    buffer = None
+    if ensemble.io_binding:
+        host = np.empty((batch + len(to_purify), *images.shape[1:]), dtype=np.float32)
+        host[:batch] = images  # the last P rows are overwritten on the device by the purifier
+        buffer = ensemble.upload(host)
     purification = None
     if purifier is not None:
         started = time.perf_counter()
-        purification = purifier.run(to_purify)
+        if buffer is None:
+            purification = purifier.run(to_purify)
+        else:
+            rows = DeviceRows(buffer, start=batch, count=len(to_purify))
+            purification = purifier.run_on_device(purifier.upload(to_purify), rows)
         seconds["purifier"] = time.perf_counter() - started
     # NOTE: the raw input of the purified images rides along in the same ensemble call, so "purification
     # changed the label" costs no second call.
     started = time.perf_counter()
-    received = to_purify if purification is None else purification[0]
-    passes = ensemble.run(np.concatenate([images, received]), samples)
-    seconds["ensemble"] = time.perf_counter() - started
-    return purification, passes
-
-
-def _stages_on_device(
-    ensemble: EnsembleEngine,
-    purifier: PurifierEngine | None,
-    images: np.ndarray,
-    to_purify: np.ndarray,
-    samples: int,
-    seconds: dict[str, float],
-) -> tuple[Purified | None, np.ndarray]:
-    """`_stages_on_host` with IO binding: one device buffer [B+P] holds the raw images in its first B rows,
-    and the purifier writes the P purified ones straight into the rest, so the ensemble reads the whole
-    buffer without the purified images going device -> host -> device between the graphs."""
-    batch = len(images)
-    host = np.empty((batch + len(to_purify), *images.shape[1:]), dtype=np.float32)
-    host[:batch] = images  # the last P rows are overwritten on the device by the purifier
-    buffer = ensemble.upload(host)
-    purification = None
-    if purifier is not None:
-        started = time.perf_counter()
-        rows = DeviceRows(buffer, start=batch, count=len(to_purify))
-        purification = purifier.run_on_device(purifier.upload(to_purify), rows)
-        seconds["purifier"] = time.perf_counter() - started
-    started = time.perf_counter()
-    passes = ensemble.run_on_device(buffer, samples)
+    if buffer is None:
+        received = to_purify if purification is None else purification[0]
+        passes = ensemble.run(np.concatenate([images, received]), samples)
+    else:
+        passes = ensemble.run_on_device(buffer, samples)
     seconds["ensemble"] = time.perf_counter() - started
     return purification, passes
 
