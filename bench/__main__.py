@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     providers = providers_for(args.provider)
     device = torch.device(args.provider)
     settings = Settings()  # the service's defaults: threads per call, calls side by side, skip threshold
-    # NOTE: one call at a time on a GPU: side-by-side calls only multiply its activation memory
+    # NOTE: one call at a time on a GPU: side-by-side calls only multiply its activation memory (one per
+    # core, 16, ran out of an H100's memory at batch 512)
     workers = 1 if args.provider == "cuda" else settings.engine_threads()
     options = LoadOptions(
         providers,
