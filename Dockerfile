@@ -50,7 +50,9 @@ ENV DEFENDED_PROVIDER=cpu
 RUN python -m pip uninstall --yes --disable-pip-version-check pip setuptools wheel
 
 FROM ${CUDA_IMAGE} AS base-gpu
-ENV DEFENDED_PROVIDER=cuda
+# Every input purified for T steps: on an H100 the adaptive path, whose purifier sees a new batch shape on
+# almost every call, was far slower (docs/PERFORMANCE.md, GPU section).
+ENV DEFENDED_PROVIDER=cuda DEFENDED_PURIFY_SKIP_Z=none
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install --yes --no-install-recommends python3 \
