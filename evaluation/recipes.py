@@ -57,13 +57,14 @@ def _mnist_classifier(_: Manifest, sigma_init: float, sigma_inner: float) -> nn.
 
 
 def _recipe_training(manifest: Manifest, **augmentation: int | bool) -> TrainConfig:
-    """The classifier's recorded training settings, with seed data.seed + 1 (export/mnist_rse.py trains its
-    PGD source the same way)."""
+    """The classifier's recorded training settings (bfloat16 autocast included), with seed data.seed + 1
+    (export/mnist_rse.py trains its PGD source the same way)."""
     training = manifest.training
     return TrainConfig(
         epochs=int(training["epochs"]),
         batch_size=int(training["batch_size"]),
         lr=float(training["lr"]),
+        bf16=bool(training.get("bf16", False)),
         seed=manifest.data.seed + 1,
         **augmentation,  # type: ignore[arg-type]
     )
@@ -103,7 +104,10 @@ def _cifar_classifier(manifest: Manifest, sigma_init: float, sigma_inner: float)
     from export.cifar10_rse import classifier
 
     training = manifest.training
-    return classifier(str(training["widths"]), int(training["blocks"]), sigma_init, sigma_inner)
+    # NOTE: bundles written before the VGG-style option record no plan: they are all residual networks.
+    architecture = str(training.get("architecture", "rse-resnet"))
+    shape = str(training["widths"] if architecture == "rse-resnet" else training["conv_plan"])
+    return classifier(architecture, shape, int(training.get("blocks", 0)), sigma_init, sigma_inner)
 
 
 CIFAR10 = BundleRecipe(

@@ -35,6 +35,9 @@ class TrainConfig:
     """Random translation in pixels (zero padding), the augmentation that matters most on 4,000 digits."""
     flip: bool = False
     """Random horizontal flips (natural images; never digits)."""
+    bf16: bool = False
+    """Forward passes under bfloat16 autocast: 1.4-2.4x faster training on CPUs with AVX512-BF16 (measured on
+    the 2-core development machine, docs/ROBUSTNESS.md), and on GPUs; the weights stay float32."""
     seed: int = 0
 
 
@@ -219,7 +222,8 @@ def train_classifier(
         batch = random_shift(images[index], config.max_shift, generator)
         if config.flip:
             batch = random_flip(batch, generator)
-        return loss_fn(model, batch.to(device), labels[index].to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            return loss_fn(model, batch.to(device), labels[index].to(device))
 
     final_loss, seconds = run_epochs(
         model,
@@ -236,6 +240,7 @@ def train_classifier(
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "lr": config.lr,
+        "bf16": config.bf16,
         "final_train_loss": round(final_loss, 5),
         "train_seconds": round(seconds, 1),
     }

@@ -223,7 +223,7 @@ class Manifest(_Strict):
     calibration: Calibration
     data: DataSplit
     metrics: Metrics
-    training: dict[str, float | int | str] = Field(default_factory=dict)
+    training: dict[str, bool | float | int | str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _has_ensemble(self) -> Manifest:

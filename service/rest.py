@@ -136,8 +136,22 @@ class Endpoints:
     ) -> PredictResponse:
         return await self._predict(request, name, PredictOptions(samples, purify, return_purified))
 
-    async def _predict(self, request: Request, name: str | None, options: PredictOptions) -> PredictResponse:
-        model = self.dataplane.model(name)
+    async def predict_version(
+        self,
+        name: str,
+        version: str,
+        request: Request,
+        samples: SamplesQuery = None,
+        purify: PurifyQuery = None,
+        return_purified: ReturnPurifiedQuery = False,
+    ) -> PredictResponse:
+        options = PredictOptions(samples, purify, return_purified)
+        return await self._predict(request, name, options, version)
+
+    async def _predict(
+        self, request: Request, name: str | None, options: PredictOptions, version: str | None = None
+    ) -> PredictResponse:
+        model = self.dataplane.model(name, version)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "application/json":
             body = await self._json_body(request)
@@ -232,6 +246,16 @@ def build_router(dataplane: DataPlane) -> APIRouter:
     router.add_api_route(
         "/v1/models/{name}/predict",
         endpoints.predict,
+        methods=["POST"],
+        tags=["v1"],
+        openapi_extra=PREDICT_BODY,
+        responses=ERRORS,
+    )
+    # NOTE: a version the policy serves, by number (TF Serving's /versions/N): rolling a new version out
+    # while clients that pinned the old one keep it.
+    router.add_api_route(
+        "/v1/models/{name}/versions/{version}/predict",
+        endpoints.predict_version,
         methods=["POST"],
         tags=["v1"],
         openapi_extra=PREDICT_BODY,

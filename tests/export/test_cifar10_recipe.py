@@ -1,5 +1,6 @@
 """The CIFAR-10 recipe end to end on a few synthetic JPEGs (never the real data): one short epoch of each
-training, a served bundle out, checkpoints written, and the evaluation harness's twin matching its graphs."""
+training, a served bundle out, checkpoints written, and the evaluation harness's twin matching its graphs;
+for both classifier architectures, the VGG-style one trained under bfloat16 autocast."""
 
 from __future__ import annotations
 
@@ -34,8 +35,14 @@ def _write_zip(path: Path, per_class: int, rng: np.random.Generator) -> None:
                 archive.writestr(f"{name}/{k:04d}.jpg", buffer.getvalue())
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+ARCHITECTURES = {
+    "rse-resnet": ["--widths", "8,16", "--blocks", "1", "--dae-blind-noise"],
+    "rse-vgg": ["--architecture", "rse-vgg", "--plan", "8,M,16,M,M,M,M", "--bf16"],
+}
+
+
+@pytest.fixture(scope="module", params=list(ARCHITECTURES))
+def bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("cifar")
     rng = np.random.default_rng(0)
     _write_zip(root / "cifar10-jpeg-train.zip", 6, rng)
@@ -43,9 +50,9 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     # fmt: off
     main([
         "--data", str(root), "--out", str(root / "repo"), "--checkpoints", str(root / "ckpt"),
-        "--epochs", "1", "--dae-epochs", "1", "--batch-size", "16", "--widths", "8,16", "--blocks", "1",
-        "--dae-depth", "4", "--dae-width", "8", "--calibration", "20", "--samples", "2", "--device", "cpu",
-        "--test-images", "10", "--dae-blind-noise",
+        "--epochs", "1", "--dae-epochs", "1", "--batch-size", "16", "--dae-depth", "4", "--dae-width", "8",
+        "--calibration", "20", "--samples", "2", "--device", "cpu", "--test-images", "10",
+        *ARCHITECTURES[request.param],
     ])
     # fmt: on
     return root, root / "repo" / "cifar10-rse-apudae" / "1"
@@ -58,7 +65,10 @@ def test_the_recipe_writes_a_bundle_the_service_runs(bundle) -> None:
     assert (manifest.data.train, manifest.data.calibration, manifest.data.test) == (40, 20, 10)
     assert manifest.input.shape == (3, 32, 32) and manifest.classes == CIFAR10_CLASSES
     assert 0 <= manifest.training["test_accuracy_without_noise"] <= 1
-    assert manifest.training["dae_noise"] == "blind"
+    if manifest.training["architecture"] == "rse-resnet":
+        assert manifest.training["dae_noise"] == "blind" and manifest.training["widths"] == "8,16"
+    else:
+        assert manifest.training["bf16"] is True and manifest.training["conv_plan"] == "8,M,16,M,M,M,M"
     assert (root / "ckpt" / "classifier.pt").is_file() and (root / "ckpt" / "dae.pt").is_file()
     ensemble = EnsembleEngine(path / "ensemble.onnx", providers=CPU)
     purifier = PurifierEngine(path / "purifier.onnx", providers=CPU)

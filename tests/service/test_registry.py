@@ -20,7 +20,7 @@ from service.metrics import ServiceMetrics
 from service.registry import LoadOptions, ModelRegistry
 from service.repository import VersionPolicy, scan
 from service.settings import Settings
-from tests.conftest import DEFAULT_MODEL, bundle_dir, publish_version
+from tests.conftest import DEFAULT_MODEL, EXAMPLES, bundle_dir, publish_version
 
 OPTIONS = LoadOptions(["CPUExecutionProvider"], intra_op_threads=1)
 PROBE = np.zeros((1, 1, 28, 28), dtype=np.float32)
@@ -109,6 +109,26 @@ def test_several_versions_serve_at_once(repository_copy: Path) -> None:
     )
     assert only_one.versions(DEFAULT_MODEL) == ["1"]
     assert _states(only_one)["2"] == ("UNAVAILABLE", "not selected: serving specific versions ['1']")
+
+
+def test_a_client_pins_a_version_over_http(repository_copy: Path) -> None:
+    publish_version(repository_copy, "2")
+    digit = (EXAMPLES / "digit-3.png").read_bytes()
+    settings = Settings(model_repository=repository_copy, version_policy="all")
+    with TestClient(create_app(settings)) as client:
+        for version in ("1", "2"):
+            response = client.post(
+                f"/v1/models/{DEFAULT_MODEL}/versions/{version}/predict",
+                files=[("files", ("digit-3.png", digit, "image/png"))],
+            )
+            assert response.status_code == 200, response.text
+            (prediction,) = response.json()["predictions"]
+            assert prediction["model"] == {"name": DEFAULT_MODEL, "version": version}
+        missing = client.post(
+            f"/v1/models/{DEFAULT_MODEL}/versions/3/predict",
+            files=[("files", ("digit-3.png", digit, "image/png"))],
+        )
+        assert missing.status_code == 404 and "no version '3'" in missing.json()["error"]
 
 
 def test_new_version_swaps_in_and_the_old_one_drains(repository_copy: Path, caplog) -> None:

@@ -15,6 +15,7 @@ from service.settings import Settings
 from tests.conftest import EXAMPLES, SHIPPED_REPOSITORY
 
 BUNDLES = sorted(p.name for p in SHIPPED_REPOSITORY.iterdir() if p.is_dir())
+VERSIONS = sorted((p.parent.name, p.name) for p in SHIPPED_REPOSITORY.glob("*/*") if p.is_dir())
 EXAMPLE_SETS = {
     # channels -> (file, label) pairs, and how many of the 10 must come back right
     1: ([(EXAMPLES / f"digit-{d}.png", str(d)) for d in range(10)], 9),
@@ -24,8 +25,9 @@ EXAMPLE_SETS = {
 
 @pytest.fixture(scope="module")
 def shipped() -> Iterator[TestClient]:
-    """The real app over the whole shipped repository."""
-    with TestClient(create_app(Settings(model_repository=SHIPPED_REPOSITORY))) as test_client:
+    """The real app over the whole shipped repository, every version of each bundle served."""
+    settings = Settings(model_repository=SHIPPED_REPOSITORY, version_policy="all")
+    with TestClient(create_app(settings)) as test_client:
         yield test_client
 
 
