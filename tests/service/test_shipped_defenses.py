@@ -1,5 +1,5 @@
-"""Every shipped bundle loads in the real service, as `make serve` runs it, and reads its example images:
-the held-out digits, or for the CIFAR-10 bundle the first test image of each class."""
+"""Every shipped bundle loads in the real service, as `make serve` runs it, and every version of it reads its
+example images: the held-out digits, or for the CIFAR-10 bundle the first test image of each class."""
 
 from __future__ import annotations
 
@@ -31,14 +31,13 @@ def shipped() -> Iterator[TestClient]:
         yield test_client
 
 
-@pytest.mark.parametrize("name", BUNDLES)
-def test_each_shipped_bundle_reads_its_example_images(shipped: TestClient, name: str) -> None:
-    (version,) = (p for p in (SHIPPED_REPOSITORY / name).iterdir() if p.is_dir())
-    examples, at_least = EXAMPLE_SETS[load_manifest(version).input.channels]
+@pytest.mark.parametrize(("name", "version"), VERSIONS)
+def test_each_shipped_bundle_reads_its_example_images(shipped: TestClient, name: str, version: str) -> None:
+    examples, at_least = EXAMPLE_SETS[load_manifest(SHIPPED_REPOSITORY / name / version).input.channels]
     answers = []
     for part in (examples[:5], examples[5:]):  # multipart uploads take at most 9 files
         files = [("files", (path.name, path.read_bytes(), "image/png")) for path, _ in part]
-        response = shipped.post(f"/v1/models/{name}/predict", files=files)
+        response = shipped.post(f"/v1/models/{name}/versions/{version}/predict", files=files)
         assert response.status_code == 200, response.text
         answers += [p["label"] for p in response.json()["predictions"]]
     assert sum(answer == label for answer, (_, label) in zip(answers, examples, strict=True)) >= at_least, (
