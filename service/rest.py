@@ -235,30 +235,14 @@ def build_router(dataplane: DataPlane) -> APIRouter:
     router.add_api_route(
         "/v1/models/{name}", endpoints.model_metadata, methods=["GET"], tags=["v1"], responses=ERRORS
     )
-    router.add_api_route(
-        "/v1/predict",
-        endpoints.predict_default,
-        methods=["POST"],
-        tags=["v1"],
-        openapi_extra=PREDICT_BODY,
-        responses=ERRORS,
-    )
-    router.add_api_route(
-        "/v1/models/{name}/predict",
-        endpoints.predict,
-        methods=["POST"],
-        tags=["v1"],
-        openapi_extra=PREDICT_BODY,
-        responses=ERRORS,
-    )
-    # NOTE: a version the policy serves, by number (TF Serving's /versions/N): rolling a new version out
-    # while clients that pinned the old one keep it.
-    router.add_api_route(
-        "/v1/models/{name}/versions/{version}/predict",
-        endpoints.predict_version,
-        methods=["POST"],
-        tags=["v1"],
-        openapi_extra=PREDICT_BODY,
-        responses=ERRORS,
-    )
+    # NOTE: the last pins a version the policy serves, by number (TF Serving's /versions/N), so clients that
+    # pinned the old version keep it while a new one rolls out.
+    for path, endpoint in (
+        ("/v1/predict", endpoints.predict_default),
+        ("/v1/models/{name}/predict", endpoints.predict),
+        ("/v1/models/{name}/versions/{version}/predict", endpoints.predict_version),
+    ):
+        router.add_api_route(
+            path, endpoint, methods=["POST"], tags=["v1"], openapi_extra=PREDICT_BODY, responses=ERRORS
+        )
     return router

@@ -24,16 +24,18 @@ def _data(labels: list[int]) -> ImageDataset:
 
 def test_the_cache_name_follows_architecture_settings_and_split() -> None:
     data, config = _data([0, 1, 2, 3]), TrainConfig(epochs=10, seed=1)
-    small = classifier("16,32,64", 3, 0.0, 0.0)
+    small = classifier("rse-resnet", "16,32,64", 3, 0.0, 0.0)
     name = cache_name("undefended", small, config, data)
-    assert name == cache_name("undefended", classifier("16,32,64", 3, 0.0, 0.0), config, data)
+    assert name == cache_name("undefended", classifier("rse-resnet", "16,32,64", 3, 0.0, 0.0), config, data)
     others = {
-        cache_name("undefended", classifier("32,64,128", 3, 0.0, 0.0), config, data),
-        cache_name("undefended", classifier("16,32,64", 2, 0.0, 0.0), config, data),
+        cache_name("undefended", classifier("rse-resnet", "32,64,128", 3, 0.0, 0.0), config, data),
+        cache_name("undefended", classifier("rse-resnet", "16,32,64", 2, 0.0, 0.0), config, data),
+        cache_name("undefended", classifier("rse-vgg", "16,M,32,M,64,M", 0, 0.0, 0.0), config, data),
         cache_name("undefended", small, replace(config, lr=1e-2), data),
+        cache_name("undefended", small, replace(config, bf16=True), data),
         cache_name("undefended", small, config, _data([0, 1, 2, 4])),
     }
-    assert name.startswith("undefended-e10-s1-") and name not in others and len(others) == 4
+    assert name.startswith("undefended-e10-s1-") and name not in others and len(others) == 6
 
 
 def test_a_cached_source_is_loaded_not_retrained(tmp_path) -> None:

@@ -44,6 +44,7 @@ def test_every_route_answers_as_documented(served_app) -> None:
     assert {op.path for op in operations} >= {
         "/v1/predict",
         "/v1/models/{name}/predict",
+        "/v1/models/{name}/versions/{version}/predict",
         "/healthz",
         "/metrics",
     }
