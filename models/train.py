@@ -37,7 +37,7 @@ class TrainConfig:
     """Random horizontal flips (natural images; never digits)."""
     bf16: bool = False
     """Forward passes under bfloat16 autocast, the weights kept in float32: training steps ran 1.4-1.9x faster
-    on the 2-core development machine's AVX512-BF16 CPU (docs/ROBUSTNESS.md, "CIFAR-10 version 4")."""
+    on the 2-core development machine's AVX512-BF16 CPU (docs/ROBUSTNESS.md, CIFAR-10 results, v4)."""
     seed: int = 0
 
 
