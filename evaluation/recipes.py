@@ -103,11 +103,7 @@ def _cifar_split(manifest: Manifest, data: Path | None) -> Split:
 def _cifar_classifier(manifest: Manifest, sigma_init: float, sigma_inner: float) -> nn.Module:
     from export.cifar10_rse import classifier
 
-    training = manifest.training
-    # NOTE: bundles written before the VGG-style option record no plan: they are all residual networks.
-    architecture = str(training.get("architecture", "rse-resnet"))
-    shape = str(training["widths"] if architecture == "rse-resnet" else training["conv_plan"])
-    return classifier(architecture, shape, int(training.get("blocks", 0)), sigma_init, sigma_inner)
+    return classifier(manifest.training, sigma_init, sigma_inner)
 
 
 CIFAR10 = BundleRecipe(

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -118,16 +119,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def classifier(
-    architecture: str, shape: str, blocks: int, sigma_init: float, sigma_inner: float
-) -> nn.Module:
-    """The recipe's classifier. `shape` as the manifest writes it: the residual stages' widths ("32,64,128")
-    or the VGG-style plan ("64,M,128,M")."""
+def architecture_fields(args: argparse.Namespace) -> dict[str, str | int]:
+    """The classifier's shape as the manifest's `training` records it, and `classifier` reads it back."""
+    if args.architecture == "rse-resnet":
+        return {"architecture": args.architecture, "widths": args.widths, "blocks": args.blocks}
+    return {"architecture": args.architecture, "conv_plan": args.plan}
+
+
+def classifier(fields: Mapping[str, object], sigma_init: float, sigma_inner: float) -> nn.Module:
+    """The recipe's classifier from `architecture_fields` (or a manifest's `training`: bundles written before
+    the VGG-style option record no architecture, and are all residual networks)."""
+    architecture = fields.get("architecture", "rse-resnet")
     if architecture == "rse-resnet":
-        widths = tuple(int(w) for w in shape.split(","))
-        return RSEResNet(sigma_init, sigma_inner, widths=widths, blocks=blocks)
+        widths = tuple(int(w) for w in str(fields["widths"]).split(","))
+        return RSEResNet(sigma_init, sigma_inner, widths=widths, blocks=int(str(fields["blocks"])))
     if architecture == "rse-vgg":
-        plan = tuple(step if step == "M" else int(step) for step in shape.split(","))
+        plan = tuple(step if step == "M" else int(step) for step in str(fields["conv_plan"]).split(","))
         arch = Architecture(3, INPUT_SHAPE[1], plan, (), len(CIFAR10_CLASSES), CIFAR10_MEAN, CIFAR10_STD)
         return RSEClassifier(arch, sigma_init=sigma_init, sigma_inner=sigma_inner)
     raise ValueError(f"unknown architecture {architecture!r}; one of {ARCHITECTURES}")
@@ -175,8 +182,8 @@ def build(args: argparse.Namespace) -> Manifest:
         len(split.test),
         device,
     )
-    shape = args.widths if args.architecture == "rse-resnet" else args.plan
-    model = classifier(args.architecture, shape, args.blocks, args.sigma_init, args.sigma_inner).to(device)
+    fields = architecture_fields(args)
+    model = classifier(fields, args.sigma_init, args.sigma_inner).to(device)
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -236,12 +243,7 @@ def build(args: argparse.Namespace) -> Manifest:
         },
         training={
             **training,
-            "architecture": args.architecture,
-            **(
-                {"widths": args.widths, "blocks": args.blocks}
-                if args.architecture == "rse-resnet"
-                else {"conv_plan": args.plan}
-            ),
+            **fields,
             "dae_architecture": "rednet",
             "dae_depth": args.dae_depth,
             "dae_width": args.dae_width,

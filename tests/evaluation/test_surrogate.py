@@ -22,15 +22,24 @@ def _data(labels: list[int]) -> ImageDataset:
     return ImageDataset(images, np.array(labels, dtype=np.int64), [str(k) for k in range(10)])
 
 
+def _resnet(widths: str, blocks: int) -> dict[str, str | int]:
+    return {"architecture": "rse-resnet", "widths": widths, "blocks": blocks}
+
+
 def test_the_cache_name_follows_architecture_settings_and_split() -> None:
     data, config = _data([0, 1, 2, 3]), TrainConfig(epochs=10, seed=1)
-    small = classifier("rse-resnet", "16,32,64", 3, 0.0, 0.0)
+    small = classifier(_resnet("16,32,64", 3), 0.0, 0.0)
     name = cache_name("undefended", small, config, data)
-    assert name == cache_name("undefended", classifier("rse-resnet", "16,32,64", 3, 0.0, 0.0), config, data)
+    assert name == cache_name("undefended", classifier(_resnet("16,32,64", 3), 0.0, 0.0), config, data)
     others = {
-        cache_name("undefended", classifier("rse-resnet", "32,64,128", 3, 0.0, 0.0), config, data),
-        cache_name("undefended", classifier("rse-resnet", "16,32,64", 2, 0.0, 0.0), config, data),
-        cache_name("undefended", classifier("rse-vgg", "16,M,32,M,64,M", 0, 0.0, 0.0), config, data),
+        cache_name("undefended", classifier(_resnet("32,64,128", 3), 0.0, 0.0), config, data),
+        cache_name("undefended", classifier(_resnet("16,32,64", 2), 0.0, 0.0), config, data),
+        cache_name(
+            "undefended",
+            classifier({"architecture": "rse-vgg", "conv_plan": "16,M,32,M,64,M"}, 0.0, 0.0),
+            config,
+            data,
+        ),
         cache_name("undefended", small, replace(config, lr=1e-2), data),
         cache_name("undefended", small, replace(config, bf16=True), data),
         cache_name("undefended", small, config, _data([0, 1, 2, 4])),
