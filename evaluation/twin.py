@@ -90,7 +90,12 @@ def load_twin(bundle_dir: Path, recipe: BundleRecipe) -> Twin:
             raise ValueError(f"{manifest.name} has a purifier but its recipe names no DAE")
         spec = manifest.purifier
         config = PurifierConfig(
-            mu=spec.mu, sigma=spec.sigma, steps=spec.steps, lr=spec.lr, epsilon=spec.epsilon
+            mu=spec.mu,
+            sigma=spec.sigma,
+            steps=spec.steps,
+            lr=spec.lr,
+            epsilon=spec.epsilon,
+            reform=spec.reform,
         )
         purifier = AdaptivePurifier(recipe.dae(manifest), config)
         load_graph_weights(purifier, onnx_weights(bundle_dir / manifest.graphs["purifier"].path), "")

@@ -105,6 +105,7 @@ def package(
             "sigma": config.sigma,
             "statistics_data": calibration_data,
             "dae_training_noise_sigma": dae_noise,
+            "reform": config.reform,
         }
         spec = PurifierSpec(**fields)
 

@@ -376,3 +376,68 @@ def train_dae(
         "final_train_loss": round(final_loss, 6),
         "train_seconds": round(seconds, 1),
     }
+
+
+@dataclass(frozen=True)
+class GuidedTrainConfig:
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 1e-3
+    bf16: bool = False
+    """Forward passes under bfloat16 autocast (as `models.train.TrainConfig.bf16`)."""
+    seed: int = 0
+
+
+def train_guided_dae(
+    dae: VJPModule,
+    guide: nn.Module,
+    images: np.ndarray,
+    adversarial: np.ndarray,
+    config: GuidedTrainConfig,
+    checkpoint: Path | None = None,
+) -> dict[str, float]:
+    """Train in place so that the guide's logits on D(adversarial[i]) and on D(images[i]) both match its
+    logits on images[i] (L1), the loss of the high-level representation guided denoiser (HGD, Liao et al.,
+    CVPR 2018); returns the figures worth recording and leaves the DAE in eval mode.
+
+    Why not pixels: a DAE trained to map adversarial examples back to their images with MSE learns to
+    reproduce them, perturbation and all (docs/ROBUSTNESS.md, the adversarial-DAE probe); a loss read through
+    the classifier puts its weight on the few directions the classifier is sensitive to, which are the ones
+    an attack uses. `guide` is a noise-free classifier taking [0, 1] pixels; it is only read, never trained.
+    """
+    if adversarial.shape != images.shape or adversarial.dtype != np.float32:
+        raise ValueError(f"adversarial must match images {images.shape} float32, got {adversarial.dtype}")
+    guide.eval().requires_grad_(False)
+    device = _model_device(dae)
+    generator = torch.Generator().manual_seed(config.seed)
+    clean, attacked = torch.from_numpy(images), torch.from_numpy(adversarial)
+    with torch.no_grad():
+        targets = torch.cat(
+            [guide(clean[i : i + 256].to(device)).float().cpu() for i in range(0, len(clean), 256)]
+        )
+    optimizer = torch.optim.Adam(dae.parameters(), lr=config.lr)
+
+    def batch_loss(index: torch.Tensor) -> torch.Tensor:
+        inputs = torch.cat([attacked[index], clean[index]]).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            logits = guide(dae(inputs))
+        return (logits.float() - torch.cat([targets[index], targets[index]]).to(device)).abs().mean()
+
+    final_loss, seconds = run_epochs(
+        dae,
+        optimizer,
+        len(clean),
+        config.epochs,
+        config.batch_size,
+        generator,
+        batch_loss,
+        checkpoint=checkpoint,
+    )
+    return {
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "bf16": config.bf16,
+        "final_train_loss": round(final_loss, 6),
+        "train_seconds": round(seconds, 1),
+    }

@@ -4,7 +4,8 @@ dvij542/ae-adversary-purifier, `refine_BIM_prob_individual`), written so that it
 Per image, delta starts at 0 and is optimised with Adam for T steps on
     loss = sum_i max(r_i - mu, 0)^2 / sigma^2,   r_i = ||x_i + delta_i - D(x_i + delta_i)||^2,
 while uniform noise eps * min(((r_i - mu) / (2 sigma))^2, 4) * U(-1, 1) accumulates on x (clipped to [-1, 2]).
-The classifier receives x + delta, not D(x). Images whose error is already at or below mu get no gradient:
+The classifier receives x + delta, not D(x), unless the config says `reform` (a DAE trained to
+undo perturbations, whose output is meant to be classified). Images whose error is already at or below mu get no gradient:
 that is what makes the purification adaptive.
 
 NOTE: onnxruntime has no autograd and the exporters cannot export `torch.autograd.grad`, so the gradient
@@ -34,6 +35,10 @@ class PurifierConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     adam_eps: float = 1e-8
+    reform: bool = False
+    """Hand the classifier D(x + delta), the DAE's reconstruction, instead of x + delta. For a DAE trained
+    with a classifier-guided loss (`models.dae.train_guided_dae`): its output, not the minimum of its
+    reconstruction error, is what undoes a perturbation."""
 
 
 def clipped_error(x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -79,6 +84,8 @@ class AdaptivePurifier(nn.Module):
             denominator = torch.clamp(torch.sqrt(v_hat) + c.adam_eps, min=c.adam_eps)
             delta = delta - c.lr * m_hat / denominator
         purified = x + delta
+        if c.reform:
+            purified = self.dae(purified).clamp(0.0, 1.0)
         return purified, error_before, clipped_error(purified, self.dae(purified))
 
 
@@ -102,4 +109,7 @@ def purify_with_autograd(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return (x + delta).detach()
+    purified = x + delta
+    if config.reform:
+        purified = dae(purified).clamp(0.0, 1.0)
+    return purified.detach()

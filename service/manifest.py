@@ -102,6 +102,10 @@ class PurifierSpec(_Strict):
     """Which clean images mu and sigma were measured on."""
     dae_training_noise_sigma: float = Field(ge=0)
     """Std of the Gaussian noise the denoising autoencoder was trained to remove."""
+    reform: bool = False
+    """The classifier receives the DAE's reconstruction of the purified image, not the image itself: the DAE
+    was trained further, with a classifier-guided loss, to undo perturbations (HGD, Liao et al. 2018; the
+    manifest's `training` says on what)."""
 
 
 class DefenseSpec(_Strict):

@@ -35,10 +35,15 @@ def _write_zip(path: Path, per_class: int, rng: np.random.Generator) -> None:
                 archive.writestr(f"{name}/{k:04d}.jpg", buffer.getvalue())
 
 
+# fmt: off
 ARCHITECTURES = {
     "rse-resnet": ["--widths", "8,16", "--blocks", "1", "--dae-blind-noise"],
-    "rse-vgg": ["--architecture", "rse-vgg", "--plan", "8,M,16,M,M,M,M", "--bf16"],
+    "rse-vgg": [
+        "--architecture", "rse-vgg", "--plan", "8,M,16,M,M,M,M", "--bf16",
+        "--dae-guided-epochs", "1", "--dae-guided-images", "12",
+    ],
 }
+# fmt: on
 
 
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))
@@ -65,10 +70,15 @@ def test_the_recipe_writes_a_bundle_the_service_runs(bundle) -> None:
     assert (manifest.data.train, manifest.data.calibration, manifest.data.test) == (40, 20, 10)
     assert manifest.input.shape == (3, 32, 32) and manifest.classes == CIFAR10_CLASSES
     assert 0 <= manifest.training["test_accuracy_without_noise"] <= 1
+    assert manifest.purifier is not None
     if manifest.training["architecture"] == "rse-resnet":
         assert manifest.training["dae_noise"] == "blind" and manifest.training["widths"] == "8,16"
+        assert not manifest.purifier.reform and "dae_guided_epochs" not in manifest.training
     else:
         assert manifest.training["bf16"] is True and manifest.training["conv_plan"] == "8,M,16,M,M,M,M"
+        # the guided DAE: its reconstruction is served, and its training is on record
+        assert manifest.purifier.reform and manifest.training["dae_guided_images"] == 12
+        assert (root / "ckpt" / "dae-guided.pt").is_file()
     assert (root / "ckpt" / "classifier.pt").is_file() and (root / "ckpt" / "dae.pt").is_file()
     ensemble = EnsembleEngine(path / "ensemble.onnx", providers=CPU)
     purifier = PurifierEngine(path / "purifier.onnx", providers=CPU)

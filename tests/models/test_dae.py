@@ -17,6 +17,7 @@ from torch import nn
 from models.dae import (
     DAETrainConfig,
     DenoisingAutoencoder,
+    GuidedTrainConfig,
     VJPBatchNorm2d,
     VJPConv2d,
     VJPConvTranspose2d,
@@ -30,6 +31,7 @@ from models.dae import (
     reconstruction_error_grad,
     rednet,
     train_dae,
+    train_guided_dae,
 )
 
 TOLERANCE = 1e-5
@@ -296,3 +298,38 @@ def test_vjp_path_exports_to_onnx(tmp_path: Path) -> None:
         expected = graph(torch.from_numpy(images)).numpy()
     assert exported.shape == expected.shape
     assert np.abs(exported - expected).max() < 1e-4
+
+
+def test_guided_training_teaches_the_dae_to_undo_attacks_on_its_guide(small_cnn, mnist_split) -> None:
+    """HGD's loss: after a few epochs on PGD examples of the guide (a small MNIST CNN), the guide classifies
+    the DAE's output of *held-out* examples far better than the examples themselves; the plain denoiser the
+    training starts from does not."""
+    from models.attacks import pgd_linf
+
+    train, test = mnist_split.train.subset(np.arange(600)), mnist_split.test.subset(np.arange(200))
+
+    def attacked(data) -> np.ndarray:
+        return pgd_linf(small_cnn, data.images, data.labels, epsilon=0.2, step_size=0.05, steps=7, seed=0)
+
+    def guide_accuracy(images: np.ndarray) -> float:
+        with torch.no_grad():
+            return (small_cnn(torch.from_numpy(images)).argmax(1).numpy() == test.labels).mean()
+
+    torch.manual_seed(0)
+    dae = mnist_dae(width=16)
+    train_dae(dae, train.images, DAETrainConfig(epochs=2, batch_size=32, noise_sigma=0.3))
+    held_out = attacked(test)
+    with torch.no_grad():
+        before = guide_accuracy(dae(torch.from_numpy(held_out)).numpy())
+    figures = train_guided_dae(dae, small_cnn, train.images, attacked(train), GuidedTrainConfig(epochs=4))
+    assert not any(module.training for module in dae.modules())
+    assert not any(p.requires_grad for p in small_cnn.parameters()), "the guide is only read"
+    with torch.no_grad():
+        after = guide_accuracy(dae(torch.from_numpy(held_out)).numpy())
+        clean_after = guide_accuracy(dae(torch.from_numpy(test.images)).numpy())
+    assert guide_accuracy(held_out) < 0.3 and before < 0.5
+    assert after > before + 0.3, (before, after)
+    assert clean_after > guide_accuracy(test.images) - 0.1, "the clean images keep their answers"
+    assert figures["epochs"] == 4 and figures["final_train_loss"] > 0
+    with pytest.raises(ValueError, match="adversarial must match"):
+        train_guided_dae(dae, small_cnn, train.images[:8], train.images[:4], GuidedTrainConfig(epochs=1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from models.dae import mnist_dae, reconstruction_error
@@ -40,3 +42,14 @@ def test_noise_accumulates_and_is_fresh() -> None:
     assert not torch.allclose(first, second)
     # the noise is bounded: at most steps * epsilon * 4 per pixel away from the noise-free path (plus Adam drift)
     assert (first - quiet).abs().max() < config.steps * config.epsilon * 4 + 0.05
+
+
+def test_reform_hands_the_classifier_the_reconstruction() -> None:
+    dae, config, images = _dae_and_config()
+    reformed = replace(config, reform=True)
+    with torch.no_grad():
+        shifted = AdaptivePurifier(dae, config, noise=False)(images)[0]
+        purified, _, after = AdaptivePurifier(dae, reformed, noise=False)(images)
+        assert torch.allclose(purified, dae(shifted).clamp(0.0, 1.0), atol=1e-6)
+        assert torch.allclose(after, ((dae(purified).clamp(0.0, 1.0) - purified) ** 2).sum(dim=(1, 2, 3)))
+    assert (purify_with_autograd(dae, images, reformed) - purified).abs().max() < 1e-5
