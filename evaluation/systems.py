@@ -103,6 +103,23 @@ class StraightThroughPurifier(nn.Module):
         return _StraightThrough.apply(x, self.engine)
 
 
+class ReformingStraightThrough(nn.Module):
+    """BPDA for a purifier that reforms (`PurifierSpec.reform`): forward through the served graph, which
+    returns D(x + delta); backward through the twin's D at x, only the Adam shift delta taken as the identity
+    (it is small, and zero for images the APuDAE loss leaves alone). The identity through D as well would
+    ignore the very part trained to undo perturbations, and so overstate robustness."""
+
+    def __init__(self, engine: PurifierEngine, dae: nn.Module) -> None:
+        super().__init__()
+        self.engine = engine
+        self.dae = dae
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reformed = self.dae(x).clamp(0.0, 1.0)
+        served = torch.from_numpy(self.engine.run(x.detach().cpu().numpy())[0]).to(x)
+        return reformed + (served - reformed).detach()
+
+
 class ExactPurifier(nn.Module):
     """The twin purifier's output; autograd differentiates through all T unrolled Adam steps (second-order
     terms of the DAE included, since its VJP is written in plain torch ops)."""
@@ -233,6 +250,8 @@ class BundleSystems:
             raise ValueError(f"{self.manifest.name} has no purifier")
         if gradient == "exact":
             return ExactPurifier(self.twin_purifier)
+        if self.twin_purifier.config.reform:
+            return ReformingStraightThrough(self.purifier_engine, self.twin_purifier.dae)
         return StraightThroughPurifier(self.purifier_engine)
 
     def pipeline(self, images: np.ndarray, purify: bool) -> Outcome:

@@ -9,6 +9,8 @@ Adaptive compute: with a `screen` graph (one DAE forward) and `skip_z`, images w
 is at or below `skip_z` skip the T purification steps. With `skip_z = 0` these are exactly the images the
 APuDAE loss gives no gradient (r <= mu); they lose only the small accumulated uniform noise of the fixed-T
 pass, and they need no second ensemble pass on the raw input, since purification left them unchanged.
+A purifier that reforms (`PurifierSpec.reform`: the classifier receives the DAE's reconstruction) changes
+every image it sees, so with one nothing skips.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def infer(
     error_after = error_before.copy()
     steps = np.zeros(batch, dtype=np.int64)
     run_purifier = purify.copy()
-    if purify.any() and screen is not None and skip_z is not None:
+    if purify.any() and screen is not None and skip_z is not None and not spec.reform:
         started = time.perf_counter()
         screened = screen.run(images[purify])
         seconds["screen"] = time.perf_counter() - started

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from evaluation.recipes import MNIST
-from evaluation.systems import ExpectationOverNoise, StraightThroughPurifier
+from evaluation.systems import ExpectationOverNoise, ReformingStraightThrough, StraightThroughPurifier
 from evaluation.twin import (
     check_parity,
     graph_noise_scales,
@@ -79,6 +79,21 @@ def test_straight_through_purifier_runs_the_graph_forward_and_passes_gradients(m
     weights = torch.randn_like(x)
     (purified * weights).sum().backward()
     assert torch.equal(x.grad, weights)
+
+
+def test_reforming_straight_through_serves_the_graph_and_differentiates_the_dae(mnist_split) -> None:
+    twin = load_twin(bundle_dir(), MNIST)
+    assert twin.purifier is not None
+    engine = PurifierEngine(bundle_dir() / "purifier.onnx", providers=CPU, seed=0)
+    noisy = np.clip(mnist_split.test.images[:3] + 0.3, 0, 1).astype(np.float32)
+    x = torch.from_numpy(noisy).requires_grad_(True)
+    output = ReformingStraightThrough(engine, twin.purifier.dae)(x)
+    reference = PurifierEngine(bundle_dir() / "purifier.onnx", providers=CPU, seed=0).run(noisy)[0]
+    assert np.array_equal(output.detach().numpy(), reference), "the forward value is the served graph's"
+    weights = torch.randn_like(x)
+    (output * weights).sum().backward()
+    expected = torch.autograd.grad((twin.purifier.dae(x).clamp(0.0, 1.0) * weights).sum(), x)[0]
+    assert torch.allclose(x.grad, expected) and not torch.allclose(x.grad, weights)
 
 
 def test_expectation_over_noise_is_the_log_of_the_mean_softmax() -> None:

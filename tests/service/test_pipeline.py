@@ -64,6 +64,16 @@ def test_without_skipping_every_input_is_purified(engines, shipped_manifest, ima
     assert "screen" not in output.seconds
 
 
+def test_a_reforming_purifier_skips_nothing(engines, shipped_manifest, images) -> None:
+    """Its DAE changes even the images the APuDAE loss leaves alone, so the screen must not wave them on."""
+    reforming = shipped_manifest.model_copy(
+        update={"purifier": shipped_manifest.purifier.model_copy(update={"reform": True})}
+    )
+    output = _infer(engines, reforming, images, True, skip_z=0.0)
+    assert np.all(output.steps == shipped_manifest.purifier.steps)
+    assert "screen" not in output.seconds
+
+
 def test_purify_is_per_image_and_rows_split_back(engines, shipped_manifest, images) -> None:
     purify = np.arange(len(images)) % 2 == 0
     output = _infer(engines, shipped_manifest, images, purify, skip_z=0.0)
