@@ -321,7 +321,9 @@ def test_guided_training_teaches_the_dae_to_undo_attacks_on_its_guide(small_cnn,
     held_out = attacked(test)
     with torch.no_grad():
         before = guide_accuracy(dae(torch.from_numpy(held_out)).numpy())
-    figures = train_guided_dae(dae, small_cnn, train.images, attacked(train), GuidedTrainConfig(epochs=10, batch_size=32))
+    figures = train_guided_dae(
+        dae, small_cnn, train.images, attacked(train), GuidedTrainConfig(epochs=10, batch_size=32)
+    )
     assert not any(module.training for module in dae.modules())
     assert not any(p.requires_grad for p in small_cnn.parameters()), "the guide is only read"
     with torch.no_grad():
