@@ -131,6 +131,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dae-guided-images", type=int, default=10000, help="training images the guided DAE sees attacked"
     )
+    parser.add_argument(
+        "--purify-steps",
+        type=int,
+        default=13,
+        help="APuDAE's Adam steps before the classifier (13, its default); 0 with --dae-guided-epochs "
+        "classifies D(x) alone (version 6): the steps cost the guided DAE most of what it undoes",
+    )
     parser.add_argument("--samples", type=int, default=10, help="default ensemble size N")
     parser.add_argument("--max-samples", type=int, default=64)
     parser.add_argument("--target-fpr", type=float, default=0.05)
@@ -221,6 +228,11 @@ def guided_purifier(
     }
 
 
+def purification_config(args: argparse.Namespace, mu: float, sigma: float) -> PurifierConfig:
+    """APuDAE's settings with the DAE's own mu and sigma; a guided DAE's output is what gets classified."""
+    return PurifierConfig(mu=mu, sigma=sigma, steps=args.purify_steps, reform=args.dae_guided_epochs > 0)
+
+
 def pick_device(name: str) -> torch.device:
     """ "auto": CUDA when torch sees a GPU, else the CPU."""
     if name == "auto":
@@ -279,7 +291,7 @@ def build(args: argparse.Namespace) -> Manifest:
     packaged = package(
         args.out / args.name / args.version,
         model,
-        (dae, PurifierConfig(mu=mu, sigma=sigma, reform=args.dae_guided_epochs > 0), args.dae_noise),
+        (dae, purification_config(args, mu, sigma), args.dae_noise),
         split,
         input_shape=INPUT_SHAPE,
         samples=args.samples,

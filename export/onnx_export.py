@@ -102,7 +102,7 @@ def export_purifier(
         inputs=PURIFIER_INPUTS,
         outputs=PURIFIER_OUTPUTS,
         dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
-        random=not deterministic,
+        random=not deterministic and config.steps > 0,
     )
 
 

@@ -38,7 +38,12 @@ class PurifierConfig:
     reform: bool = False
     """Hand the classifier D(x + delta), the DAE's reconstruction, instead of x + delta. For a DAE trained
     with a classifier-guided loss (`models.dae.train_guided_dae`): its output, not the minimum of its
-    reconstruction error, is what undoes a perturbation."""
+    reconstruction error, is what undoes a perturbation. Then `steps` may be 0 (D(x) alone): the steps,
+    which lower the guided DAE's error, move inputs away from what it learned to undo (docs/ROBUSTNESS.md)."""
+
+    def __post_init__(self) -> None:
+        if self.steps < (0 if self.reform else 1):
+            raise ValueError(f"steps must be at least {0 if self.reform else 1}, got {self.steps}")
 
 
 def clipped_error(x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -62,7 +67,8 @@ class AdaptivePurifier(nn.Module):
         delta = torch.zeros_like(images)
         m = torch.zeros_like(images)
         v = torch.zeros_like(images)
-        error_before = clipped_error(images, self.dae(images))
+        reconstruction = self.dae(images)
+        error_before = clipped_error(images, reconstruction)
         for step in range(1, c.steps + 1):
             shifted = x + delta
             reconstruction, saved = self.dae.forward_with_saved(shifted)
@@ -85,7 +91,8 @@ class AdaptivePurifier(nn.Module):
             delta = delta - c.lr * m_hat / denominator
         purified = x + delta
         if c.reform:
-            purified = self.dae(purified).clamp(0.0, 1.0)
+            # NOTE: with no steps x + delta is the input itself, whose reconstruction is already at hand
+            purified = (reconstruction if c.steps == 0 else self.dae(purified)).clamp(0.0, 1.0)
         return purified, error_before, clipped_error(purified, self.dae(purified))
 
 

@@ -175,7 +175,7 @@ class DataPlane:
         purification = result.purification
         if purification is not None:
             self.metrics.observe_purification(
-                name, version, scores[RECONSTRUCTION], purification.changed_label, purification.steps
+                name, version, scores[RECONSTRUCTION], purification.changed_label, purification.skipped
             )
         ref = ModelRef(name=name, version=version)
         return [

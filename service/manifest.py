@@ -90,7 +90,8 @@ class GraphFile(_Strict):
 class PurifierSpec(_Strict):
     """APuDAE adaptive purification (Kalaria et al., arXiv 2208.13838), unrolled in the `purifier` graph."""
 
-    steps: int = Field(ge=1)
+    steps: int = Field(ge=0)
+    """Adam steps on the APuDAE loss; 0 only for a purifier that reforms (D(x) alone)."""
     lr: float = Field(gt=0)
     epsilon: float = Field(ge=0)
     """Scale of the uniform noise added per step, times min(((r - mu) / (2 sigma))^2, 4)."""
@@ -106,6 +107,12 @@ class PurifierSpec(_Strict):
     """The classifier receives the DAE's reconstruction of the purified image, not the image itself: the DAE
     was trained further, with a classifier-guided loss, to undo perturbations (HGD, Liao et al. 2018; the
     manifest's `training` says on what)."""
+
+    @model_validator(mode="after")
+    def _steps_or_reform(self) -> PurifierSpec:
+        if self.steps == 0 and not self.reform:
+            raise ValueError("a purifier with 0 steps must reform: it would hand the classifier its input")
+        return self
 
 
 class DefenseSpec(_Strict):

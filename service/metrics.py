@@ -195,12 +195,12 @@ class ServiceMetrics:
                 self.flagged.labels(model, version, "any").inc()
 
     def observe_purification(
-        self, model: str, version: str, zscores: np.ndarray, changed: np.ndarray, steps: np.ndarray
+        self, model: str, version: str, zscores: np.ndarray, changed: np.ndarray, skipped: np.ndarray
     ) -> None:
         for z in zscores:
             self.reconstruction_z.labels(model, version).observe(float(z))
         self.changed_label.labels(model, version).inc(int(np.count_nonzero(changed)))
-        self.purification_skipped.labels(model, version).inc(int(np.count_nonzero(steps == 0)))
+        self.purification_skipped.labels(model, version).inc(int(np.count_nonzero(skipped)))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

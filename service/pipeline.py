@@ -42,7 +42,10 @@ class EngineOutput:
     purify: np.ndarray
     """[B] bool: purification was asked for."""
     steps: np.ndarray
-    """[B] purification steps run: T, or 0 where not asked for or skipped by the screen."""
+    """[B] purification steps run: T, or 0 where not asked for or skipped by the screen (a purifier that
+    only reforms has T = 0)."""
+    skipped: np.ndarray
+    """[B] bool: purification was asked for, and adaptive compute skipped the purifier graph."""
     seconds: dict[str, float] = field(default_factory=dict, compare=False)
     """Wall time per graph role."""
 
@@ -58,7 +61,7 @@ class EngineOutput:
         )
 
 
-_PER_IMAGE = ("purified", "error_before", "error_after", "purify", "steps")
+_PER_IMAGE = ("purified", "error_before", "error_after", "purify", "steps", "skipped")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Purification:
     error_after: np.ndarray
     changed_label: np.ndarray
     steps: np.ndarray
+    skipped: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,8 @@ def infer(
     raw = passes[:batch]
     final = raw.copy()
     final[run_purifier] = passes[batch:]
-    return EngineOutput(final, raw, received, error_before, error_after, purify, steps, seconds)
+    skipped = purify & ~run_purifier
+    return EngineOutput(final, raw, received, error_before, error_after, purify, steps, skipped, seconds)
 
 
 Purified = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -177,7 +182,7 @@ def score(output: EngineOutput, spec: PurifierSpec | None) -> PipelineResult:
     raw = summarize(output.raw_probabilities)
     changed = summary.class_index != raw.class_index
     purification = Purification(
-        output.purified, output.error_before, output.error_after, changed, output.steps
+        output.purified, output.error_before, output.error_after, changed, output.steps, output.skipped
     )
     scores = purification_scores(summary, raw, output.error_before, spec.mu, spec.sigma)
     return PipelineResult(summary, scores, purification, output.seconds)

@@ -44,7 +44,8 @@ class Flags(BaseModel):
 class PurificationInfo(BaseModel):
     steps: int = Field(
         description="Purification steps run: T, or 0 when adaptive compute skipped them because the "
-        "input's reconstruction error was already low (such inputs would get no gradient)."
+        "input's reconstruction error was already low (such inputs would get no gradient). A purifier "
+        "that only reforms (its DAE's output is classified) has T = 0."
     )
     reconstruction_error_before: float
     reconstruction_error_after: float

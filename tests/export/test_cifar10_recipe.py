@@ -40,7 +40,7 @@ ARCHITECTURES = {
     "rse-resnet": ["--widths", "8,16", "--blocks", "1", "--dae-blind-noise"],
     "rse-vgg": [
         "--architecture", "rse-vgg", "--plan", "8,M,16,M,M,M,M", "--bf16",
-        "--dae-guided-epochs", "1", "--dae-guided-images", "12",
+        "--dae-guided-epochs", "1", "--dae-guided-images", "12", "--purify-steps", "0",
     ],
 }
 # fmt: on
@@ -78,6 +78,7 @@ def test_the_recipe_writes_a_bundle_the_service_runs(bundle) -> None:
         assert manifest.training["bf16"] is True and manifest.training["conv_plan"] == "8,M,16,M,M,M,M"
         # the guided DAE: its reconstruction is served, and its training is on record
         assert manifest.purifier.reform and manifest.training["dae_guided_images"] == 12
+        assert manifest.purifier.steps == 0
         assert (root / "ckpt" / "dae-guided.pt").is_file()
     assert (root / "ckpt" / "classifier.pt").is_file() and (root / "ckpt" / "dae.pt").is_file()
     ensemble = EnsembleEngine(path / "ensemble.onnx", providers=CPU)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from models.dae import mnist_dae, reconstruction_error
@@ -53,3 +54,12 @@ def test_reform_hands_the_classifier_the_reconstruction() -> None:
         assert torch.allclose(purified, dae(shifted).clamp(0.0, 1.0), atol=1e-6)
         assert torch.allclose(after, ((dae(purified).clamp(0.0, 1.0) - purified) ** 2).sum(dim=(1, 2, 3)))
     assert (purify_with_autograd(dae, images, reformed) - purified).abs().max() < 1e-5
+
+
+def test_a_reformer_without_steps_classifies_the_reconstruction() -> None:
+    dae, config, images = _dae_and_config()
+    with torch.no_grad():
+        purified, _, _ = AdaptivePurifier(dae, replace(config, steps=0, reform=True))(images)
+        assert torch.equal(purified, dae(images).clamp(0.0, 1.0))
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        replace(config, steps=0)

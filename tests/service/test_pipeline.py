@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from service.manifest import Manifest
+from service.manifest import Manifest, PurifierSpec
 from service.pipeline import infer, score
 from service.runtime import ENGINES
 from tests.conftest import bundle_dir
@@ -48,6 +49,7 @@ def test_adaptive_compute_skips_exactly_the_inputs_without_gradient(
     skipped = output.steps == 0
     assert skipped.any() and (~skipped).any()
     assert np.array_equal(skipped, z <= 0)
+    assert np.array_equal(output.skipped, skipped)
     assert np.all(output.steps[~skipped] == spec.steps)
     assert np.array_equal(output.purified[skipped], images[skipped])
     assert np.array_equal(output.probabilities[skipped], output.raw_probabilities[skipped])
@@ -71,7 +73,15 @@ def test_a_reforming_purifier_skips_nothing(engines, shipped_manifest, images) -
     )
     output = _infer(engines, reforming, images, True, skip_z=0.0)
     assert np.all(output.steps == shipped_manifest.purifier.steps)
+    assert not output.skipped.any()
     assert "screen" not in output.seconds
+
+
+def test_only_a_reforming_purifier_may_run_no_steps(shipped_manifest) -> None:
+    fields = shipped_manifest.purifier.model_dump()
+    assert PurifierSpec.model_validate({**fields, "steps": 0, "reform": True}).steps == 0
+    with pytest.raises(ValidationError, match="must reform"):
+        PurifierSpec.model_validate({**fields, "steps": 0})
 
 
 def test_purify_is_per_image_and_rows_split_back(engines, shipped_manifest, images) -> None:
