@@ -9,7 +9,7 @@ direction), Gaussian noise, and JPEG re-encoding (what uploads go through). Per 
 the flag rate, and how often each score fired. Nothing here is an attack; the robustness figures come from
 `python -m evaluation`.
 
-    python -m evaluation.noise_control --bundle model_repository/cifar10-rse-apudae/5 --data ../shared/data
+    python -m evaluation.noise_control --bundle model_repository/cifar10-rse-hgd/1 --data ../shared/data
 """
 
 from __future__ import annotations

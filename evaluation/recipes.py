@@ -130,6 +130,7 @@ RECIPES: dict[str, BundleRecipe] = {
     "mnist-deep-defense": MNIST,
     "mnist-seiler": MNIST,
     "cifar10-rse-apudae": CIFAR10,
+    "cifar10-rse-hgd": CIFAR10,
 }
 
 

@@ -1,15 +1,17 @@
 """Recipe for the CIFAR-10 bundle: an RSE residual network behind an APuDAE REDNet purifier, trained on
 CIFAR-10 (JPEG) (`../shared/data/cifar10-jpeg-*.zip`, or any form `models.data.load_cifar10` reads).
 
-    make cifar10      (the shipped version 5, on 2 CPU cores in about 68 min:
-                       python -m export.cifar10_rse --data ../shared/data --out model_repository --version 5
-                       --checkpoints runs/cifar10-v5 --device cpu --architecture rse-vgg --bf16 --epochs 20
-                       --dae-epochs 5 --dae-guided-epochs 20 --dae-guided-images 16000 --test-images 2000;
-                       version 4 is the same without the two --dae-guided options (about 42 min);
+    make cifar10      (the shipped version 4, on 2 CPU cores in about 42 min:
+                       python -m export.cifar10_rse --data ../shared/data --out model_repository --version 4
+                       --checkpoints runs/cifar10-v4 --device cpu --architecture rse-vgg --bf16 --epochs 20
+                       --dae-epochs 5 --test-images 2000;
                        version 1, the residual network: --version 1 --widths 16,32,64 --blocks 3
                        --epochs 24 --dae-epochs 3 --test-images 2000)
+    make cifar10-hgd  (the shipped cifar10-rse-hgd/1, about 67 min from scratch: version 4's options and
+                       --name cifar10-rse-hgd --version 1 --dae-guided-epochs 20 --dae-guided-images 16000
+                       --purify-steps 0)
 
-Every training writes a checkpoint after every epoch under --checkpoints and resume from it when the command
+Every training writes a checkpoint after every epoch under --checkpoints and resumes from it when the command
 is run again. It trains on a GPU when torch sees one (--device) and, slowly, on a CPU.
 
 Choices, stated where reports can find them (manifest `training`); the defaults are the full-size recipe
@@ -25,10 +27,11 @@ meant for a GPU, the shipped bundle the CPU-sized one above:
     the 16-32-64 residual one reached 78.6% after 24 epochs in 84 min;
 - --bf16: bfloat16 autocast (version 4; 1.4-1.9x faster training steps on the development CPU);
 - purifier: REDNet-10 of width 64 (APuDAE uses REDNet-30), trained on Gaussian noise sigma 0.1, purifying
-  with APuDAE's defaults (13 Adam steps of lr 2/255, noise 0.7/255); with --dae-guided-epochs (version 5)
+  with APuDAE's defaults (13 Adam steps of lr 2/255, noise 0.7/255); with --dae-guided-epochs (cifar10-rse-hgd)
   the DAE then learns HGD's classifier-guided loss on PGD examples of the classifier (`guided_purifier`),
-  and the classifier receives its reconstruction D(x + delta): a plain denoiser neither noticed nor undid
-  8/255 perturbations (docs/ROBUSTNESS.md);
+  and the classifier receives its reconstruction D(x + delta), with --purify-steps 0 D(x) alone: a plain
+  denoiser neither noticed nor undid 8/255 perturbations, and APuDAE's steps in front of a guided DAE cost
+  most of what it undoes (cifar10-rse-apudae version 5, not shipped; docs/ROBUSTNESS.md);
 - split: 1,000 training images (100 per class) held out to calibrate the flag and measure mu and sigma;
   the 10,000 test images, or a stratified subset of --test-images (the full pipeline on all 10,000 is
   about an hour of 2 CPU cores), measure the bundle.
@@ -136,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=13,
         help="APuDAE's Adam steps before the classifier (13, its default); 0 with --dae-guided-epochs "
-        "classifies D(x) alone (version 6): the steps cost the guided DAE most of what it undoes",
+        "classifies D(x) alone (cifar10-rse-hgd): the steps cost the guided DAE most of what it undoes",
     )
     parser.add_argument("--samples", type=int, default=10, help="default ensemble size N")
     parser.add_argument("--max-samples", type=int, default=64)
@@ -233,6 +236,13 @@ def purification_config(args: argparse.Namespace, mu: float, sigma: float) -> Pu
     return PurifierConfig(mu=mu, sigma=sigma, steps=args.purify_steps, reform=args.dae_guided_epochs > 0)
 
 
+def purifier_description(args: argparse.Namespace) -> str:
+    if not args.dae_guided_epochs:
+        return "APuDAE adaptive purification (REDNet)"
+    steps = f"after {args.purify_steps} APuDAE steps" if args.purify_steps else "alone"
+    return f"a classifier-guided denoiser (REDNet trained with HGD's loss; its output classified, {steps})"
+
+
 def pick_device(name: str) -> torch.device:
     """ "auto": CUDA when torch sees a GPU, else the CPU."""
     if name == "auto":
@@ -304,8 +314,8 @@ def build(args: argparse.Namespace) -> Manifest:
         args.out / args.name / args.version,
         name=args.name,
         version=args.version,
-        description=f"{DESCRIBED[args.architecture]} with Random Self-Ensemble noise layers behind APuDAE "
-        "adaptive purification (REDNet), trained on CIFAR-10 (JPEG).",
+        description=f"{DESCRIBED[args.architecture]} with Random Self-Ensemble noise layers behind "
+        f"{purifier_description(args)}, trained on CIFAR-10 (JPEG).",
         created_at=datetime.now(timezone.utc),
         produced_by=invoking_command(),
         input={"channels": 3, "height": 32, "width": 32, "color_mode": "RGB"},
