@@ -14,9 +14,7 @@ the flag rate, and how often each score fired. Nothing here is an attack; the ro
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from evaluation.recipes import recipe_for
-from evaluation.report import report_folder
+from evaluation.report import probe_parser, run_probe
 from export.bundle import invoking_command
 from service.manifest import load_manifest
 from service.pipeline import run_pipeline_batched
@@ -136,28 +134,9 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=None, help="data folder, for bundles not on MNIST")
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=None, help="default reports/<bundle name>/")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args = parse_args(argv)
-    out = report_folder(
-        args.bundle, args.out, "noise_control.json", lambda result: result["bundle"].split("/")[1]
-    )
-    result = measure(args.bundle, args.data, args.images)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "noise_control.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "noise_control.md").write_text(markdown(result))
-    print(markdown(result))
+    args = probe_parser(__doc__).parse_args(argv)
+    run_probe(args, "noise_control", lambda a: measure(a.bundle, a.data, a.images), markdown)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +37,7 @@ from evaluation.attacks import PGD, run_attack
 from evaluation.config import preset
 from evaluation.metrics import auc
 from evaluation.recipes import recipe_for
-from evaluation.report import report_folder
+from evaluation.report import probe_parser, run_probe
 from evaluation.surrogate import Sources
 from evaluation.systems import ExpectationOverNoise, torch_probabilities
 from evaluation.twin import load_twin
@@ -195,12 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=None, help="data folder, for bundles not on MNIST")
-    parser.add_argument("--images", type=int, default=200)
+    parser = probe_parser(__doc__)
     parser.add_argument("--epsilon", type=float, default=None, help="default: the recipe's largest budget")
     parser.add_argument("--finetune-epochs", type=int, default=0)
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
@@ -213,22 +207,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetune-images", type=int, default=4000, help="training images, adversarial only")
     parser.add_argument("--surrogate-epochs", type=int, default=None)
     parser.add_argument("--cache", type=Path, default=Path("runs/eval"), help="where the harness caches")
-    parser.add_argument("--out", type=Path, default=None, help="default reports/<bundle name>/")
     parser.add_argument("--threads", type=int, default=2)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args = parse_args(argv)
-    out = report_folder(
-        args.bundle, args.out, "purifier_probe.json", lambda probe: probe["bundle"].split("/")[1]
-    )
-    result = run(args)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "purifier_probe.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "purifier_probe.md").write_text(markdown(result))
-    print(markdown(result))
+    run_probe(parse_args(argv), "purifier_probe", run, markdown)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -286,3 +288,32 @@ def report_folder(
                 f"{manifest.version} (e.g. --out {folder}/v{manifest.version})"
             )
     return folder
+
+
+def probe_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every probe of one bundle takes (`evaluation.purifier_probe`, `.noise_control`)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=None, help="data folder, for bundles not on MNIST")
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=None, help="default reports/<bundle name>/")
+    return parser
+
+
+def run_probe(
+    args: argparse.Namespace,
+    stem: str,
+    measure: Callable[[argparse.Namespace], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+) -> None:
+    """Measure, then write `<stem>.json` and `<stem>.md` where `report_folder` says (checked first, so a
+    long probe is not lost to a refusal) and print the Markdown."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = report_folder(args.bundle, args.out, f"{stem}.json", lambda result: result["bundle"].split("/")[1])
+    result = measure(args)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(result))
+    print(markdown(result))

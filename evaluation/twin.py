@@ -30,6 +30,8 @@ from service.manifest import Manifest, load_manifest
 from service.runtime import EnsembleEngine, PurifierEngine
 
 CPU = ["CPUExecutionProvider"]
+PURIFICATION_FIELDS = {"mu", "sigma", "steps", "lr", "epsilon", "reform"}
+"""What the manifest's purifier section says of the purification itself (the rest describes its data)."""
 
 
 @dataclass(frozen=True)
@@ -89,14 +91,7 @@ def load_twin(bundle_dir: Path, recipe: BundleRecipe) -> Twin:
         if recipe.dae is None:
             raise ValueError(f"{manifest.name} has a purifier but its recipe names no DAE")
         spec = manifest.purifier
-        config = PurifierConfig(
-            mu=spec.mu,
-            sigma=spec.sigma,
-            steps=spec.steps,
-            lr=spec.lr,
-            epsilon=spec.epsilon,
-            reform=spec.reform,
-        )
+        config = PurifierConfig(**spec.model_dump(include=PURIFICATION_FIELDS))
         purifier = AdaptivePurifier(recipe.dae(manifest), config)
         load_graph_weights(purifier, onnx_weights(bundle_dir / manifest.graphs["purifier"].path), "")
     return Twin(manifest, bundle_dir, classifier.eval(), purifier)

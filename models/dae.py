@@ -16,6 +16,7 @@ output (followed by a ReLU), and the output is ReLU(x + body(x)). The skips nest
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -356,23 +357,31 @@ def train_dae(
             noisy, target = torch.cat([noisy, paired[index]]), torch.cat([target, target])
         return F.mse_loss(dae(noisy.to(device)), target.to(device))
 
+    return {
+        **_epochs(dae, optimizer, len(clean), config, generator, batch_loss, checkpoint),
+        "noise_sigma": config.noise_sigma,
+        **({"noise": "blind"} if config.blind else {}),
+        **({"paired_inputs": len(pairs)} if pairs is not None else {}),
+    }
+
+
+def _epochs(
+    dae: VJPModule,
+    optimizer: torch.optim.Optimizer,
+    size: int,
+    config: DAETrainConfig | GuidedTrainConfig,
+    generator: torch.Generator,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    checkpoint: Path | None,
+) -> dict[str, float]:
+    """`models.train.run_epochs` for a DAE, and the figures every DAE training records."""
     final_loss, seconds = run_epochs(
-        dae,
-        optimizer,
-        len(clean),
-        config.epochs,
-        config.batch_size,
-        generator,
-        batch_loss,
-        checkpoint=checkpoint,
+        dae, optimizer, size, config.epochs, config.batch_size, generator, batch_loss, checkpoint=checkpoint
     )
     return {
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "lr": config.lr,
-        "noise_sigma": config.noise_sigma,
-        **({"noise": "blind"} if config.blind else {}),
-        **({"paired_inputs": len(pairs)} if pairs is not None else {}),
         "final_train_loss": round(final_loss, 6),
         "train_seconds": round(seconds, 1),
     }
@@ -423,21 +432,7 @@ def train_guided_dae(
             logits = guide(dae(inputs))
         return (logits.float() - torch.cat([targets[index], targets[index]]).to(device)).abs().mean()
 
-    final_loss, seconds = run_epochs(
-        dae,
-        optimizer,
-        len(clean),
-        config.epochs,
-        config.batch_size,
-        generator,
-        batch_loss,
-        checkpoint=checkpoint,
-    )
     return {
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "lr": config.lr,
+        **_epochs(dae, optimizer, len(clean), config, generator, batch_loss, checkpoint),
         "bf16": config.bf16,
-        "final_train_loss": round(final_loss, 6),
-        "train_seconds": round(seconds, 1),
     }
