@@ -30,11 +30,12 @@ from service.manifest import load_manifest
 from service.pipeline import run_pipeline_batched
 from service.runtime import EnsembleEngine, PurifierEngine, ScreenEngine
 from service.scoring import flag_reasons
+from service.settings import Settings
 
 log = logging.getLogger("evaluation.noise_control")
 CPU = ["CPUExecutionProvider"]
-SERVED_SKIP_Z = 0.0
-"""The service's default adaptive compute (`Settings.purify_skip_z`), so the figures are what clients see."""
+SERVED_SKIP_Z = Settings.model_fields["purify_skip_z"].default
+"""The service's default adaptive compute, so the figures are what clients see."""
 Corruption = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 

@@ -106,8 +106,9 @@ class StraightThroughPurifier(nn.Module):
 class ReformingStraightThrough(nn.Module):
     """BPDA for a purifier that reforms (`PurifierSpec.reform`): forward through the served graph, which
     returns D(x + delta); backward through the twin's D at x, only the Adam shift delta taken as the identity
-    (it is small, and zero for images the APuDAE loss leaves alone). The identity through D as well would
-    ignore the very part trained to undo perturbations, and so overstate robustness."""
+    (zero with no steps, as `cifar10-rse-hgd` runs, and for images the APuDAE loss leaves alone). The
+    identity through D as well would ignore the very part trained to undo perturbations, and so overstate
+    robustness."""
 
     def __init__(self, engine: PurifierEngine, dae: nn.Module) -> None:
         super().__init__()

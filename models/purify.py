@@ -4,9 +4,9 @@ dvij542/ae-adversary-purifier, `refine_BIM_prob_individual`), written so that it
 Per image, delta starts at 0 and is optimised with Adam for T steps on
     loss = sum_i max(r_i - mu, 0)^2 / sigma^2,   r_i = ||x_i + delta_i - D(x_i + delta_i)||^2,
 while uniform noise eps * min(((r_i - mu) / (2 sigma))^2, 4) * U(-1, 1) accumulates on x (clipped to [-1, 2]).
-The classifier receives x + delta, not D(x), unless the config says `reform` (a DAE trained to
-undo perturbations, whose output is meant to be classified). Images whose error is already at or below mu get no gradient:
-that is what makes the purification adaptive.
+The classifier receives x + delta, not D(x), unless the config says `reform` (a DAE trained to undo
+perturbations, whose output is meant to be classified). Images whose error is already at or below mu get no
+gradient: that is what makes the purification adaptive.
 
 NOTE: onnxruntime has no autograd and the exporters cannot export `torch.autograd.grad`, so the gradient
 of r comes from the DAE's explicit VJP, and Adam's update equations are spelled out; the T steps are
@@ -38,8 +38,9 @@ class PurifierConfig:
     reform: bool = False
     """Hand the classifier D(x + delta), the DAE's reconstruction, instead of x + delta. For a DAE trained
     with a classifier-guided loss (`models.dae.train_guided_dae`): its output, not the minimum of its
-    reconstruction error, is what undoes a perturbation. Then `steps` may be 0 (D(x) alone): the steps,
-    which lower the guided DAE's error, move inputs away from what it learned to undo (docs/ROBUSTNESS.md)."""
+    reconstruction error, is what undoes a perturbation. Then `steps` may be 0 (D(x) alone): with the 13
+    steps in front, the CIFAR-10 guided DAE kept 23.0% under the known-weights BIM at 8/255, without them
+    68.5% (docs/ROBUSTNESS.md, `cifar10-rse-hgd`)."""
 
     def __post_init__(self) -> None:
         if self.steps < (0 if self.reform else 1):
