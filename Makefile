@@ -17,13 +17,14 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check $(if $(C
 BUNDLE ?= model_repository/mnist-rse-apudae/1
 EVAL_ARGS ?=
 CIFAR10_DATA ?= ../shared/data
-# the shipped cifar10-rse-apudae/4 (2 CPU cores, about 42 min; README "The CIFAR-10 bundle" has version 1's);
+# the shipped cifar10-rse-apudae/4 (2 CPU cores, about 42 min; README "The CIFAR-10 bundles" has version 1's);
 # CIFAR10_VERSION=7 CIFAR10_ARGS='--device cuda' trains the recipe's full-size residual defaults (widths
 # 32-64-128, 60 + 20 epochs, all 10,000 test images) on a GPU, checkpoints in runs/cifar10-v7
 CIFAR10_VERSION ?= 4
 CIFAR10_ARGS ?= --device cpu --architecture rse-vgg --bf16 --epochs 20 --dae-epochs 5 --test-images 2000
 # the shipped cifar10-rse-hgd/1: the same classifier and denoiser, then the denoiser trained with HGD's loss
-# (about 67 min from scratch; it resumes from a copy of $(CIFAR10_CHECKPOINTS)/{classifier,dae}.pt)
+# (its parts, timed in separate runs, add up to about 67 min; copy $(CIFAR10_CHECKPOINTS)/{classifier,dae}.pt
+# into runs/cifar10-hgd/ first to reuse version 4's trainings)
 HGD_ARGS ?= $(CIFAR10_ARGS) --dae-guided-epochs 20 --dae-guided-images 16000 --purify-steps 0
 CIFAR10_CHECKPOINTS ?= runs/cifar10-v$(CIFAR10_VERSION)
 

@@ -3,11 +3,11 @@
 An attack "caught" by the flag says something only if the flag stays quiet on inputs that are merely noisy:
 a detector that fires on any departure from its clean calibration images would also flag every attack, and
 every camera frame with sensor noise. So on the bundle's test images, this measures the served pipeline
-(purifier + RSE, with the service's default adaptive compute) and RSE alone under random corruptions of
-the sizes the attacks use: a random sign per pixel at each L∞ budget (an attack's shape, without its
-direction), Gaussian noise, and JPEG re-encoding (what uploads go through). Per corruption: accuracy,
-the flag rate, and how often each score fired. Nothing here is an attack; the robustness figures come from
-`python -m evaluation`.
+(purifier + RSE, loaded as the service loads it, with its settings' adaptive compute) and RSE alone under
+random corruptions of the sizes the attacks use: a random sign per pixel at each L∞ budget (an attack's
+shape, without its direction), Gaussian noise, and JPEG re-encoding (what uploads go through). Per
+corruption: accuracy, the median reconstruction z-score, the flag rate, and how often each score fired.
+Nothing here is an attack; the robustness figures come from `python -m evaluation`.
 
     python -m evaluation.noise_control --bundle model_repository/cifar10-rse-hgd/1 --data ../shared/data
 """
@@ -26,16 +26,12 @@ from PIL import Image
 from evaluation.recipes import recipe_for
 from evaluation.report import probe_parser, run_probe
 from export.bundle import invoking_command
-from service.manifest import load_manifest
-from service.pipeline import run_pipeline_batched
-from service.runtime import EnsembleEngine, PurifierEngine, ScreenEngine
-from service.scoring import flag_reasons
+from service.registry import LoadOptions, load_bundle
+from service.scoring import RECONSTRUCTION, flag_reasons
 from service.settings import Settings
 
 log = logging.getLogger("evaluation.noise_control")
 CPU = ["CPUExecutionProvider"]
-SERVED_SKIP_Z = Settings.model_fields["purify_skip_z"].default
-"""The service's default adaptive compute, so the figures are what clients see."""
 Corruption = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
@@ -67,37 +63,31 @@ def corruptions(budgets: tuple[float, ...]) -> dict[str, Corruption]:
 
 
 def measure(bundle: Path, data: Path | None, images: int, seed: int = 0) -> dict[str, Any]:
-    manifest = load_manifest(bundle, verify=True)
+    """`seed` draws the corruptions; the graphs draw their noise as the service's do (a fresh seed each)."""
+    settings = Settings()
+    # NOTE: loaded as the service loads it, with its adaptive compute and row limit: what clients see
+    model = load_bundle(
+        bundle,
+        LoadOptions(CPU, warmup=False, skip_z=settings.purify_skip_z, max_rows=settings.max_rows_per_call),
+    )
+    manifest = model.manifest
     if manifest.purifier is None:
         raise SystemExit(f"{manifest.name} has no purifier, so no reconstruction flag to control")
     recipe = recipe_for(manifest)
     test = recipe.split(manifest, data).test
     test = test.subset(np.arange(min(images, len(test))))
-    graphs = manifest.graphs
-    ensemble = EnsembleEngine(bundle / graphs["ensemble"].path, providers=CPU, seed=seed)
-    purifier = PurifierEngine(bundle / graphs["purifier"].path, providers=CPU, seed=seed + 1)
-    screen = ScreenEngine(bundle / graphs["screen"].path, providers=CPU)
     samples, thresholds = manifest.rse.default_samples, manifest.calibration.thresholds
     rng = np.random.default_rng(seed)
     rows: dict[str, Any] = {}
     for name, corrupt in corruptions(recipe.linf_budgets).items():
         corrupted = np.clip(corrupt(test.images, rng), 0.0, 1.0).astype(np.float32)
-        served = run_pipeline_batched(
-            ensemble,
-            purifier,
-            manifest.purifier,
-            corrupted,
-            samples,
-            True,
-            screen=screen,
-            skip_z=SERVED_SKIP_Z,
-        )
-        alone = run_pipeline_batched(ensemble, None, None, corrupted, samples, False)
+        served, alone = model.run(corrupted, samples, True), model.run(corrupted, samples, False)
         reasons = flag_reasons(served.scores, thresholds)
         rows[name] = {
             "mean_abs_change": float(np.abs(corrupted - test.images).mean()),
             "served_accuracy": float((served.summary.class_index == test.labels).mean()),
             "rse_only_accuracy": float((alone.summary.class_index == test.labels).mean()),
+            "median_reconstruction_z": float(np.median(served.scores[RECONSTRUCTION])),
             "flag_rate": float(np.mean([bool(r) for r in reasons])),
             "fired": {score: float(np.mean([score in r for r in reasons])) for score in thresholds},
         }
@@ -107,7 +97,7 @@ def measure(bundle: Path, data: Path | None, images: int, seed: int = 0) -> dict
         "command": invoking_command(),
         "images": len(test),
         "samples": samples,
-        "skip_z": SERVED_SKIP_Z,
+        "skip_z": settings.purify_skip_z,
         "reform": manifest.purifier.reform,
         "rows": rows,
     }
@@ -118,19 +108,20 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Noise control of `{result['bundle']}`",
         "",
-        f"{result['images']} test images, N = {result['samples']}, the service's default adaptive compute "
+        f"{result['images']} test images, N = {result['samples']}, the service settings' adaptive compute "
         f"(skip z ≤ {result['skip_z']}). Random corruptions, not attacks. Command: `{result['command']}`.",
         "",
-        "| input | mean abs change | served accuracy | RSE only accuracy | flagged | "
+        "| input | mean abs change | served accuracy | RSE only accuracy | median reconstruction z | flagged | "
         + " | ".join(f"{s} fired" for s in scores)
         + " |",
-        "| --- |" + " --- |" * (4 + len(scores)),
+        "| --- |" + " --- |" * (5 + len(scores)),
     ]
     for name, row in result["rows"].items():
         fired = " | ".join(f"{row['fired'][s]:.1%}" for s in scores)
         lines.append(
             f"| {name} | {row['mean_abs_change']:.4f} | {row['served_accuracy']:.1%} | "
-            f"{row['rse_only_accuracy']:.1%} | {row['flag_rate']:.1%} | {fired} |"
+            f"{row['rse_only_accuracy']:.1%} | {row['median_reconstruction_z']:.2f} | {row['flag_rate']:.1%} | "
+            f"{fired} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -80,6 +80,7 @@ def test_the_recipe_writes_a_bundle_the_service_runs(bundle) -> None:
         assert manifest.purifier.reform and manifest.training["dae_guided_images"] == 12
         assert manifest.purifier.steps == 0
         assert (root / "ckpt" / "dae-guided.pt").is_file()
+        assert (root / "ckpt" / "dae-guided-examples-12-s0.npy").is_file(), "kept for a resumed run"
     assert (root / "ckpt" / "classifier.pt").is_file() and (root / "ckpt" / "dae.pt").is_file()
     ensemble = EnsembleEngine(path / "ensemble.onnx", providers=CPU)
     purifier = PurifierEngine(path / "purifier.onnx", providers=CPU)

@@ -302,8 +302,8 @@ def test_vjp_path_exports_to_onnx(tmp_path: Path) -> None:
 
 def test_guided_training_teaches_the_dae_to_undo_attacks_on_its_guide(small_cnn, mnist_split) -> None:
     """HGD's loss: after ten epochs on PGD examples of the guide (a small MNIST CNN), the guide classifies
-    the DAE's output of *held-out* examples far better than the examples themselves; the plain denoiser the
-    training starts from does not."""
+    the DAE's output of *held-out* examples better, by more than 20 points, than the plain denoiser the
+    training starts from does."""
     from models.attacks import pgd_linf
 
     train, test = mnist_split.train.subset(np.arange(600)), mnist_split.test.subset(np.arange(200))
