@@ -152,6 +152,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure on a stratified subset of the test set (CPU runs; the manifest records the count)",
     )
     parser.add_argument("--limit-per-class", type=int, default=None, help="smoke tests: images per class")
+    parser.add_argument(
+        "--warm-start",
+        type=Path,
+        default=None,
+        help="a finished run's checkpoint folder: start the classifier from its weights (--epochs more, a "
+        "fresh one-cycle schedule peaking at --lr) and take its denoiser (the guided one when it has one) "
+        "instead of training one from scratch",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -254,6 +262,25 @@ def purifier_description(args: argparse.Namespace) -> str:
     return f"a classifier-guided denoiser (REDNet trained with HGD's loss; its output classified, {steps})"
 
 
+def warm_start(module: nn.Module, checkpoint: Path) -> dict[str, object]:
+    """Load the weights of a finished training (a `run_epochs` checkpoint) into `module`; returns what the
+    manifest's `training` records of it, so the bundle says its training did not start from scratch.
+
+    A checkpoint of an interrupted training is refused: its weights are mid-schedule, and the run that
+    wrote it would resume, not restart, from there."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if state["epoch"] != state["epochs"]:
+        raise ValueError(
+            f"{checkpoint} stopped after epoch {state['epoch']} of {state['epochs']}: finish it first"
+        )
+    module.load_state_dict(state["model"])
+    return {
+        "from": str(checkpoint),
+        "epochs": state["epochs"],
+        "train_seconds": round(float(state["seconds"]), 1),
+    }
+
+
 def pick_device(name: str) -> torch.device:
     """ "auto": CUDA when torch sees a GPU, else the CPU."""
     if name == "auto":
@@ -279,7 +306,9 @@ def build(args: argparse.Namespace) -> Manifest:
         device,
     )
     fields = architecture_fields(args)
-    model = classifier(fields, args.sigma_init, args.sigma_inner).to(device)
+    model = classifier(fields, args.sigma_init, args.sigma_inner)
+    warmed = {} if args.warm_start is None else warm_start(model, args.warm_start / "classifier.pt")
+    model = model.to(device)
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -290,6 +319,7 @@ def build(args: argparse.Namespace) -> Manifest:
         seed=args.seed,
     )
     training = train_classifier(model, split.train, config, checkpoint=args.checkpoints / "classifier.pt")
+    training |= {f"warm_start_{k}": v for k, v in warmed.items()}
     with noise_disabled(model):
         training["test_accuracy_without_noise"] = round(accuracy(model, split.test), 4)
     training["test_accuracy_one_noisy_pass"] = round(accuracy(model, split.test), 4)
@@ -302,7 +332,14 @@ def build(args: argparse.Namespace) -> Manifest:
         blind=args.dae_blind_noise,
         seed=args.seed,
     )
-    dae_figures = train_dae(dae, split.train.images, dae_config, checkpoint=args.checkpoints / "dae.pt")
+    if args.warm_start is None:
+        dae_figures = train_dae(dae, split.train.images, dae_config, checkpoint=args.checkpoints / "dae.pt")
+    else:
+        guided = args.warm_start / "dae-guided.pt"
+        dae_figures = {
+            f"warm_start_{k}": v
+            for k, v in warm_start(dae, guided if guided.is_file() else args.warm_start / "dae.pt").items()
+        }
     training |= {f"dae_{k}": v for k, v in dae_figures.items()}
     dae = dae.cpu()
     if args.dae_guided_epochs:

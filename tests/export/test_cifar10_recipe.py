@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from evaluation.recipes import CIFAR10
 from evaluation.twin import check_parity, load_twin
-from export.cifar10_rse import main
+from export.cifar10_rse import main, warm_start
 from models.data import CIFAR10_CLASSES
 from service.manifest import load_manifest
 from service.pipeline import run_pipeline
@@ -52,15 +53,19 @@ def bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     rng = np.random.default_rng(0)
     _write_zip(root / "cifar10-jpeg-train.zip", 6, rng)
     _write_zip(root / "cifar10-jpeg-test.zip", 2, rng)
+    main([*_small_run(root, request.param), "--checkpoints", str(root / "ckpt")])
+    return root, root / "repo" / "cifar10-rse-apudae" / "1"
+
+
+def _small_run(root: Path, architecture: str) -> list[str]:
     # fmt: off
-    main([
-        "--data", str(root), "--out", str(root / "repo"), "--checkpoints", str(root / "ckpt"),
+    return [
+        "--data", str(root), "--out", str(root / "repo"),
         "--epochs", "1", "--dae-epochs", "1", "--batch-size", "16", "--dae-depth", "4", "--dae-width", "8",
         "--calibration", "20", "--samples", "2", "--device", "cpu", "--test-images", "10",
-        *ARCHITECTURES[request.param],
-    ])
+        *ARCHITECTURES[architecture],
+    ]
     # fmt: on
-    return root, root / "repo" / "cifar10-rse-apudae" / "1"
 
 
 def test_the_recipe_writes_a_bundle_the_service_runs(bundle) -> None:
@@ -98,3 +103,31 @@ def test_the_evaluation_twin_matches_the_cifar_graphs(bundle) -> None:
     parity = check_parity(twin, split.test.images[:8])
     assert parity["ensemble_max_abs_diff"] < 1e-4
     assert parity["purifier_mean_abs_diff"] < 1e-4
+
+
+def test_a_warm_started_run_continues_from_the_earlier_weights(bundle) -> None:
+    root, path = bundle
+    architecture = load_manifest(path).training["architecture"]
+    warm, version = root / "warm", "2"
+    # a learning rate of ~0: what the continued classifier holds is what it started from
+    main([*_small_run(root, architecture), "--checkpoints", str(warm), "--warm-start", str(root / "ckpt"),
+          "--lr", "1e-12", "--version", version])  # fmt: skip
+    training = load_manifest(root / "repo" / "cifar10-rse-apudae" / version).training
+    assert training["warm_start_from"] == str(root / "ckpt" / "classifier.pt")
+    earlier, continued = (
+        torch.load(folder / "classifier.pt", weights_only=True)["model"] for folder in (root / "ckpt", warm)
+    )
+    for name, weights in earlier.items():
+        if name.endswith("weight") and weights.dim() == 4:
+            torch.testing.assert_close(continued[name], weights, atol=1e-6, rtol=0)
+    # the denoiser is taken, not trained again: the guided one where the earlier run trained one
+    source = "dae-guided.pt" if architecture == "rse-vgg" else "dae.pt"
+    assert training["dae_warm_start_from"] == str(root / "ckpt" / source)
+    assert not (warm / "dae.pt").exists()
+
+
+def test_an_unfinished_training_is_no_warm_start(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 2)
+    torch.save({"model": model.state_dict(), "epoch": 3, "epochs": 20, "seconds": 1.0}, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="after epoch 3 of 20"):
+        warm_start(model, tmp_path / "c.pt")
