@@ -58,12 +58,14 @@ def _mnist_classifier(_: Manifest, sigma_init: float, sigma_inner: float) -> nn.
 
 def _recipe_training(manifest: Manifest, **augmentation: int | bool) -> TrainConfig:
     """The classifier's recorded training settings (bfloat16 autocast included), with seed data.seed + 1
-    (export/mnist_rse.py trains its PGD source the same way)."""
+    (export/mnist_rse.py trains its PGD source the same way). For a classifier continued from an earlier
+    run (`--warm-start`), that run's epochs and rate: the undefended model is trained from scratch, and
+    the continuation's gentler schedule would leave it far weaker than the classifier it stands beside."""
     training = manifest.training
     return TrainConfig(
-        epochs=int(training["epochs"]),
+        epochs=int(training.get("warm_start_epochs", training["epochs"])),
         batch_size=int(training["batch_size"]),
-        lr=float(training["lr"]),
+        lr=float(training.get("warm_start_lr", training["lr"])),
         bf16=bool(training.get("bf16", False)),
         seed=manifest.data.seed + 1,
         **augmentation,  # type: ignore[arg-type]

@@ -274,9 +274,12 @@ def warm_start(module: nn.Module, checkpoint: Path) -> dict[str, object]:
             f"{checkpoint} stopped after epoch {state['epoch']} of {state['epochs']}: finish it first"
         )
     module.load_state_dict(state["model"])
+    settings = state["optimizer"]["param_groups"][0]
     return {
         "from": str(checkpoint),
         "epochs": state["epochs"],
+        # NOTE: the one-cycle peak where a schedule ran (what --lr set), else the optimiser's constant rate
+        "lr": settings.get("max_lr", settings["lr"]),
         "train_seconds": round(float(state["seconds"]), 1),
     }
 

@@ -114,6 +114,9 @@ def test_a_warm_started_run_continues_from_the_earlier_weights(bundle) -> None:
           "--lr", "1e-12", "--version", version])  # fmt: skip
     training = load_manifest(root / "repo" / "cifar10-rse-apudae" / version).training
     assert training["warm_start_from"] == str(root / "ckpt" / "classifier.pt")
+    # the evaluation's undefended model is trained from scratch like the earlier run, not at the continuation's rate
+    assert training["warm_start_lr"] == 3e-3 and CIFAR10.surrogate(load_manifest(path)).lr == 3e-3
+    assert CIFAR10.surrogate(load_manifest(root / "repo" / "cifar10-rse-apudae" / version)).lr == 3e-3
     earlier, continued = (
         torch.load(folder / "classifier.pt", weights_only=True)["model"] for folder in (root / "ckpt", warm)
     )
