@@ -27,11 +27,8 @@ CIFAR10_ARGS ?= --device cpu --architecture rse-vgg --bf16 --epochs 20 --dae-epo
 # into runs/cifar10-hgd/ first to reuse version 4's trainings)
 HGD_ARGS ?= $(CIFAR10_ARGS) --dae-guided-epochs 20 --dae-guided-images 16000 --purify-steps 0
 CIFAR10_CHECKPOINTS ?= runs/cifar10-v$(CIFAR10_VERSION)
-# cifar10-rse-hgd/2 continues version 1's run: its classifier 15 epochs more (a fresh one-cycle schedule to
-# lr 1e-3), then its guided denoiser 20 epochs more on PGD examples of the continued classifier
-HGD2_ARGS ?= $(HGD_ARGS) --epochs 15 --lr 1e-3
 
-.PHONY: serve test check-deploy models defenses examples bench soak eval cifar10 cifar10-hgd cifar10-hgd2 lint format clean
+.PHONY: serve test check-deploy models defenses examples bench soak eval cifar10 cifar10-hgd lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -89,10 +86,6 @@ cifar10: $(VENV)/.dev-deps  ## train and export the CIFAR-10 bundle (resumes fro
 cifar10-hgd: $(VENV)/.dev-deps  ## train and export the classifier-guided CIFAR-10 bundle (resumes from runs/cifar10-hgd)
 	$(BIN)/python -m export.cifar10_rse --data $(CIFAR10_DATA) --out model_repository --name cifar10-rse-hgd \
 		--version 1 --checkpoints runs/cifar10-hgd $(HGD_ARGS)
-
-cifar10-hgd2: $(VENV)/.dev-deps  ## continue `make cifar10-hgd`'s run (runs/cifar10-hgd) into cifar10-rse-hgd/2 (resumes from runs/cifar10-hgd2)
-	$(BIN)/python -m export.cifar10_rse --data $(CIFAR10_DATA) --out model_repository --name cifar10-rse-hgd \
-		--version 2 --checkpoints runs/cifar10-hgd2 --warm-start runs/cifar10-hgd $(HGD2_ARGS)
 
 examples: $(VENV)/.dev-deps  ## rewrite the example images under examples/ (CIFAR-10 ones from $(CIFAR10_DATA))
 	$(BIN)/python -m export.examples --out examples --cifar10-data $(CIFAR10_DATA)
