@@ -161,7 +161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a finished run's checkpoint folder: start the classifier from its weights (--epochs more, a "
         "fresh one-cycle schedule peaking at --lr) and take its denoiser (the guided one when it has one) "
-        "instead of training one from scratch",
+        "instead of training one from scratch (a guided one is continued: --dae-guided-epochs is then required)",
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -295,6 +295,14 @@ def pick_device(name: str) -> torch.device:
 
 
 def build(args: argparse.Namespace) -> Manifest:
+    if (
+        args.warm_start is not None
+        and (args.warm_start / "dae-guided.pt").is_file()
+        and not args.dae_guided_epochs
+    ):
+        # NOTE: refused before any training: a guided DAE is served as a reformer, which only
+        # --dae-guided-epochs turns on, and it was trained for the earlier classifier, not the continued one.
+        raise ValueError(f"{args.warm_start} holds a guided denoiser: continue it with --dae-guided-epochs")
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     split = load_split(

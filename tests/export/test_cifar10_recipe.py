@@ -109,6 +109,10 @@ def test_a_warm_started_run_continues_from_the_earlier_weights(bundle) -> None:
     root, path = bundle
     architecture = load_manifest(path).training["architecture"]
     warm, version = root / "warm", "2"
+    if architecture == "rse-vgg":  # its run trained a guided denoiser, which must be guided further
+        unguided = ["--warm-start", str(root / "ckpt"), "--dae-guided-epochs", "0"]
+        with pytest.raises(ValueError, match="--dae-guided-epochs"):
+            main([*_small_run(root, architecture), *unguided])
     # a learning rate of ~0: what the continued classifier holds is what it started from
     main([*_small_run(root, architecture), "--checkpoints", str(warm), "--warm-start", str(root / "ckpt"),
           "--lr", "1e-12", "--version", version])  # fmt: skip
