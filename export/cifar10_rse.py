@@ -77,6 +77,8 @@ GUIDED_BUDGETS = ((0.5, 8 / 255), (0.25, 4 / 255), (0.25, 2 / 255))
 """(share of the guided DAE's training images, L∞ budget of their PGD examples): the evaluation's budgets,
 the largest for half of them."""
 ARCHITECTURES = ("rse-resnet", "rse-vgg")
+GUIDED_CHECKPOINT = "dae-guided.pt"
+"""The guided DAE's training checkpoint, beside the classifier's and the plain DAE's."""
 # NOTE: airbench94's seven convolutions (Jordan, "94% on CIFAR-10 in 3.29 seconds", 2024) with its 2x2
 # whitening stem as a 3x3 conv of 32: no residual connections, so each noise layer sits in front of one of
 # seven convs; its final global max-pool is the two last pools (4x4 -> 1x1).
@@ -243,7 +245,7 @@ def guided_purifier(
         checkpoints.mkdir(parents=True, exist_ok=True)
         np.save(crafted, attacked)
     config = GuidedTrainConfig(epochs=args.dae_guided_epochs, bf16=args.bf16, seed=args.seed)
-    figures = train_guided_dae(dae, guide, chosen.images, attacked, config, checkpoints / "dae-guided.pt")
+    figures = train_guided_dae(dae, guide, chosen.images, attacked, config, checkpoints / GUIDED_CHECKPOINT)
     budgets = ", ".join(f"{share:.0%} at {epsilon * 255:.0f}/255" for share, epsilon in GUIDED_BUDGETS)
     return {
         **{f"dae_guided_{k}": v for k, v in figures.items()},
@@ -263,6 +265,12 @@ def purifier_description(args: argparse.Namespace) -> str:
         return "APuDAE adaptive purification (REDNet)"
     steps = f"after {args.purify_steps} APuDAE steps" if args.purify_steps else "alone"
     return f"a classifier-guided denoiser (REDNet trained with HGD's loss; its output classified, {steps})"
+
+
+def warm_denoiser(folder: Path) -> Path:
+    """The denoiser checkpoint a warm start from `folder` takes: the guided one where that run trained one."""
+    guided = folder / GUIDED_CHECKPOINT
+    return guided if guided.is_file() else folder / "dae.pt"
 
 
 def warm_start(module: nn.Module, checkpoint: Path) -> dict[str, object]:
@@ -295,11 +303,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def build(args: argparse.Namespace) -> Manifest:
-    if (
-        args.warm_start is not None
-        and (args.warm_start / "dae-guided.pt").is_file()
-        and not args.dae_guided_epochs
-    ):
+    warm_dae = None if args.warm_start is None else warm_denoiser(args.warm_start)
+    if warm_dae is not None and warm_dae.name == GUIDED_CHECKPOINT and not args.dae_guided_epochs:
         # NOTE: refused before any training: a guided DAE is served as a reformer, which only
         # --dae-guided-epochs turns on, and it was trained for the earlier classifier, not the continued one.
         raise ValueError(f"{args.warm_start} holds a guided denoiser: continue it with --dae-guided-epochs")
@@ -346,14 +351,10 @@ def build(args: argparse.Namespace) -> Manifest:
         blind=args.dae_blind_noise,
         seed=args.seed,
     )
-    if args.warm_start is None:
+    if warm_dae is None:
         dae_figures = train_dae(dae, split.train.images, dae_config, checkpoint=args.checkpoints / "dae.pt")
     else:
-        guided = args.warm_start / "dae-guided.pt"
-        dae_figures = {
-            f"warm_start_{k}": v
-            for k, v in warm_start(dae, guided if guided.is_file() else args.warm_start / "dae.pt").items()
-        }
+        dae_figures = {f"warm_start_{k}": v for k, v in warm_start(dae, warm_dae).items()}
     training |= {f"dae_{k}": v for k, v in dae_figures.items()}
     dae = dae.cpu()
     if args.dae_guided_epochs:
