@@ -217,12 +217,13 @@ def guided_purifier(
 ) -> dict[str, float | int | str]:
     """Train `dae` further with HGD's loss (`train_guided_dae`) on PGD examples of `args.dae_guided_images`
     training images, crafted with ART on the classifier with its noise off: the examples a gray-box
-    attacker who knows the weights would send. Returns the figures for the manifest's `training`.
+    attacker who knows the weights would send. Returns the figures for the manifest's `training`. Both run
+    on the device the classifier and `dae` are on.
 
     The examples (about 9 min of 2 CPU cores for 16,000) are kept beside the checkpoints, so a resumed run
     does not craft them again; like the checkpoints, they belong to this folder's classifier."""
     chosen = train.sample(args.dae_guided_images, seed=args.seed + 2)
-    guide = without_noise(model).cpu().eval()
+    guide = without_noise(model)
     crafted = checkpoints / f"dae-guided-examples-{len(chosen)}-s{args.seed}.npy"
     if crafted.is_file():
         attacked = np.load(crafted)
@@ -356,9 +357,9 @@ def build(args: argparse.Namespace) -> Manifest:
     else:
         dae_figures = {f"warm_start_{k}": v for k, v in warm_start(dae, warm_dae).items()}
     training |= {f"dae_{k}": v for k, v in dae_figures.items()}
-    dae = dae.cpu()
     if args.dae_guided_epochs:
         training |= guided_purifier(dae, model, split.train, args, args.checkpoints)
+    dae = dae.cpu()
     mu, sigma = clean_error_stats(dae.eval(), split.calibration.images)
     calibration_data = f"{len(split.calibration)} training images held out from training ({args.calibration // 10} per class)"
     packaged = package(

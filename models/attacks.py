@@ -47,13 +47,15 @@ def pgd_linf(
     steps: int,
     seed: int = 0,
 ) -> np.ndarray:
-    """Untargeted PGD-L∞ with one random start (Madry et al.), ART's implementation."""
+    """Untargeted PGD-L∞ with one random start (Madry et al.), ART's implementation, on the model's device
+    (a recipe training on a GPU crafts there too)."""
     from art.attacks.evasion import ProjectedGradientDescent
 
     torch.manual_seed(seed)
     np.random.seed(seed)
+    device = str(next(model.parameters()).device)
     attack = ProjectedGradientDescent(
-        art_classifier(model, images.shape[1:], int(labels.max()) + 1),
+        art_classifier(model, images.shape[1:], int(labels.max()) + 1, device=device),
         norm=np.inf,
         eps=epsilon,
         eps_step=step_size,
