@@ -25,13 +25,11 @@ from PIL import Image
 
 from evaluation.recipes import recipe_for
 from evaluation.report import probe_parser, run_probe
+from evaluation.served_accuracy import load_served
 from export.bundle import invoking_command
-from service.registry import LoadOptions, load_bundle
 from service.scoring import RECONSTRUCTION, flag_reasons
-from service.settings import Settings
 
 log = logging.getLogger("evaluation.noise_control")
-CPU = ["CPUExecutionProvider"]
 Corruption = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
@@ -64,12 +62,7 @@ def corruptions(budgets: tuple[float, ...]) -> dict[str, Corruption]:
 
 def measure(bundle: Path, data: Path | None, images: int, seed: int = 0) -> dict[str, Any]:
     """`seed` draws the corruptions; the graphs draw their noise as the service's do (a fresh seed each)."""
-    settings = Settings()
-    # NOTE: loaded as the service loads it, with its adaptive compute and row limit: what clients see
-    model = load_bundle(
-        bundle,
-        LoadOptions(CPU, warmup=False, skip_z=settings.purify_skip_z, max_rows=settings.max_rows_per_call),
-    )
+    model, settings = load_served(bundle)
     manifest = model.manifest
     if manifest.purifier is None:
         raise SystemExit(f"{manifest.name} has no purifier, so no reconstruction flag to control")

