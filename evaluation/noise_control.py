@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from evaluation.recipes import recipe_for
-from evaluation.report import probe_parser, run_probe
+from evaluation.report import probe_main
 from evaluation.served_accuracy import load_served
 from export.bundle import invoking_command
 from service.scoring import RECONSTRUCTION, flag_reasons
@@ -120,8 +120,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = probe_parser(__doc__).parse_args(argv)
-    run_probe(args, "noise_control", lambda a: measure(a.bundle, a.data, a.images), markdown)
+    probe_main(__doc__ or "", "noise_control", measure, markdown, argv)
 
 
 if __name__ == "__main__":

@@ -302,6 +302,18 @@ def probe_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def probe_main(
+    description: str,
+    stem: str,
+    measure: Callable[[Path, Path | None, int], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+    argv: list[str] | None,
+) -> None:
+    """The whole command line of a probe that takes just `probe_parser`'s arguments."""
+    args = probe_parser(description).parse_args(argv)
+    run_probe(args, stem, lambda a: measure(a.bundle, a.data, a.images), markdown)
+
+
 def run_probe(
     args: argparse.Namespace,
     stem: str,

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from evaluation.recipes import recipe_for
-from evaluation.report import probe_parser, run_probe
+from evaluation.report import probe_main
 from export.bundle import invoking_command
 from models.data import stratified_split
 from service.registry import LoadedModel, LoadOptions, load_bundle
@@ -113,8 +113,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Served accuracy of `{result['bundle']}`",
         "",
         f"{result['images']} images of {result['test_set']}, N = {result['samples']}, the service settings' adaptive compute "
-        f"(skip z ≤ {result['skip_z']}). Command: `{result['command']}`. The manifest measured "
-        f"{result['manifest_clean_accuracy']:.2%} on {result['manifest_test_images']} of them.",
+        f"(skip z ≤ {result['skip_z']}). Command: `{result['command']}`. The bundle's manifest measured "
+        f"{result['manifest_clean_accuracy']:.2%} served on its own {result['manifest_test_images']} test images.",
         "",
         f"- served (purifier + RSE): {cell(result['served'])}; flagged {result['flag_rate']:.1%}",
         f"- RSE only: {cell(result['rse_only'])}",
@@ -130,8 +130,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = probe_parser(__doc__).parse_args(argv)
-    run_probe(args, "served_accuracy", lambda a: measure(a.bundle, a.data, a.images), markdown)
+    probe_main(__doc__ or "", "served_accuracy", measure, markdown, argv)
 
 
 if __name__ == "__main__":
