@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest
 from tqdm import tqdm
 
 from evaluation.recipes import recipe_for
@@ -44,13 +45,11 @@ def load_served(bundle: Path) -> tuple[LoadedModel, Settings]:
     return load_bundle(bundle, options), settings
 
 
-def wilson(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion: unlike the normal one it stays inside [0, 1] near 100%."""
-    share = correct / total
-    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * np.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    # NOTE: at 0 or 100% one bound equals the share in exact arithmetic, not in floating point
-    return min(share, float(centre - half)), max(share, float(centre + half))
+def wilson(correct: int, total: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (scipy's): unlike the normal one it stays inside [0, 1]
+    near 100%."""
+    interval = binomtest(correct, total).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def _accuracy(hits: np.ndarray) -> dict[str, Any]:
