@@ -291,7 +291,7 @@ def report_folder(
 
 
 def probe_parser(description: str) -> argparse.ArgumentParser:
-    """The arguments every probe of one bundle takes (`evaluation.purifier_probe`, `.noise_control`)."""
+    """The arguments every probe of one bundle takes (`evaluation.purifier_probe`, `.noise_control`, `.served_accuracy`)."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )

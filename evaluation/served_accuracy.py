@@ -6,13 +6,12 @@ fewer still. A target such as "clean accuracy at least 88%" needs the whole test
 pipeline (purifier + RSE, loaded as the service loads it, with its settings' adaptive compute) and RSE alone
 on it, and reports each accuracy with its 95% Wilson interval, per class too, and the flag rate.
 
-    python -m evaluation.served_accuracy --bundle model_repository/cifar10-rse-hgd/3 --data ../shared/data \
+    python -m evaluation.served_accuracy --bundle model_repository/cifar10-rse-hgd/1 --data ../shared/data \
         --images 10000
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from service.registry import LoadedModel, LoadOptions, load_bundle
 from service.scoring import flag_reasons
 from service.settings import Settings
 
-log = logging.getLogger("evaluation.served_accuracy")
 CHUNK = 500
 """Images per pipeline call: the service's row limit splits each call further, this bounds the memory."""
 
@@ -65,7 +63,7 @@ def measure(bundle: Path, data: Path | None, images: int) -> dict[str, Any]:
     manifest = model.manifest
     recipe = recipe_for(manifest)
     whole = recipe.test_set is not None
-    test = recipe.test_set(data) if recipe.test_set is not None else recipe.split(manifest, data).test
+    test = recipe.test_set(data) if whole else recipe.split(manifest, data).test
     if images < len(test):
         # NOTE: a folder-per-class test set is stored class after class: its first images are one class
         test = stratified_split(test, test=images, calibration=0, seed=manifest.data.seed).test
