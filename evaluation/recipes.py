@@ -65,10 +65,12 @@ def _recipe_training(manifest: Manifest, **augmentation: int | bool) -> TrainCon
     run (`--warm-start`), that run's epochs and rate: the undefended model is trained from scratch, and
     the continuation's gentler schedule would leave it far weaker than the classifier it stands beside."""
     training = manifest.training
+    # NOTE: a classifier kept as it is (`--epochs 0`) records no rate of its own, only the earlier run's
+    earlier = "warm_start_" if "warm_start_from" in training else ""
     return TrainConfig(
-        epochs=int(training.get("warm_start_epochs", training["epochs"])),
+        epochs=int(training[f"{earlier}epochs"]),
         batch_size=int(training["batch_size"]),
-        lr=float(training.get("warm_start_lr", training["lr"])),
+        lr=float(training[f"{earlier}lr"]),
         bf16=bool(training.get("bf16", False)),
         seed=manifest.data.seed + 1,
         **augmentation,  # type: ignore[arg-type]

@@ -146,6 +146,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dae-guided-images", type=int, default=10000, help="training images the guided DAE sees attacked"
     )
     parser.add_argument(
+        "--dae-guided-cosine",
+        action="store_true",
+        help="anneal the guided DAE's rate to 0 over its epochs instead of holding it at 1e-3",
+    )
+    parser.add_argument(
         "--purify-steps",
         type=int,
         default=13,
@@ -169,10 +174,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a finished run's checkpoint folder: start the classifier from its weights (--epochs more, a "
         "fresh one-cycle schedule peaking at --lr) and take its denoiser (the guided one when it has one) "
-        "instead of training one from scratch (a guided one is continued: --dae-guided-epochs is then required)",
+        "instead of training one from scratch (a guided one is continued: --dae-guided-epochs is then required); "
+        "with --epochs 0 the classifier is kept as it is",
     )
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.epochs < 0 or (args.epochs == 0 and args.warm_start is None):
+        parser.error("--epochs must be positive; 0 only with --warm-start (keep its classifier)")
+    return args
 
 
 def architecture_fields(args: argparse.Namespace) -> dict[str, str | int]:
@@ -251,7 +260,9 @@ def guided_purifier(
         )
         checkpoints.mkdir(parents=True, exist_ok=True)
         np.save(crafted, attacked)
-    config = GuidedTrainConfig(epochs=args.dae_guided_epochs, bf16=args.bf16, seed=args.seed)
+    config = GuidedTrainConfig(
+        epochs=args.dae_guided_epochs, bf16=args.bf16, seed=args.seed, cosine=args.dae_guided_cosine
+    )
     figures = train_guided_dae(dae, guide, chosen.images, attacked, config, checkpoints / GUIDED_CHECKPOINT)
     budgets = ", ".join(f"{share:.0%} at {epsilon * 255:.0f}/255" for share, epsilon in GUIDED_BUDGETS)
     return {
@@ -344,7 +355,10 @@ def build(args: argparse.Namespace) -> Manifest:
         bf16=args.bf16,
         seed=args.seed,
     )
-    training = train_classifier(model, split.train, config, checkpoint=args.checkpoints / "classifier.pt")
+    if config.epochs:
+        training = train_classifier(model, split.train, config, checkpoint=args.checkpoints / "classifier.pt")
+    else:  # a warm start's classifier, kept as it is
+        training = {"epochs": 0, "batch_size": config.batch_size, "bf16": config.bf16}
     training |= {f"warm_start_{k}": v for k, v in warmed.items()}
     with noise_disabled(model):
         training["test_accuracy_without_noise"] = round(accuracy(model, split.test), 4)

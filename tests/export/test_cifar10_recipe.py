@@ -138,3 +138,31 @@ def test_an_unfinished_training_is_no_warm_start(tmp_path: Path) -> None:
     torch.save({"model": model.state_dict(), "epoch": 3, "epochs": 20, "seconds": 1.0}, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="after epoch 3 of 20"):
         warm_start(model, tmp_path / "c.pt")
+
+
+def test_a_warm_start_with_no_epochs_keeps_the_classifier_and_anneals_the_guided_dae(bundle) -> None:
+    """`--epochs 0`: only the guided DAE trains on, here with its rate annealed to 0 (`--dae-guided-cosine`);
+    the served classifier is the earlier one, weight for weight."""
+    root, path = bundle
+    architecture = load_manifest(path).training["architecture"]
+    if architecture != "rse-vgg":
+        pytest.skip("only the VGG-style run trains a guided denoiser")
+    run = [*_small_run(root, architecture), "--warm-start", str(root / "ckpt"), "--epochs", "0"]
+    with pytest.raises(SystemExit):  # no classifier to keep without a warm start
+        main([*_small_run(root, architecture), "--epochs", "0"])
+    kept = root / "kept"
+    main([*run, "--checkpoints", str(kept), "--dae-guided-cosine", "--version", "3"])
+    manifest = load_manifest(root / "repo" / "cifar10-rse-apudae" / "3")
+    assert manifest.training["epochs"] == 0 and manifest.training["dae_guided_lr_schedule"] == "cosine"
+    assert not (kept / "classifier.pt").exists()
+    # the evaluation's undefended model is trained like the earlier classifier
+    assert CIFAR10.surrogate(manifest) == CIFAR10.surrogate(load_manifest(path))
+    guided = torch.load(kept / "dae-guided.pt", weights_only=True)
+    assert guided["optimizer"]["param_groups"][0]["lr"] < 1e-9, "annealed to 0 by its last step"
+    earlier, served = (
+        load_twin(bundle_dir, CIFAR10).classifier.state_dict()
+        for bundle_dir in (path, root / "repo" / "cifar10-rse-apudae" / "3")
+    )
+    assert served.keys() == earlier.keys()
+    for name, weights in served.items():
+        torch.testing.assert_close(weights, earlier[name], atol=0, rtol=0)
