@@ -40,6 +40,9 @@ meant for a GPU, the shipped bundle the CPU-sized one above:
 - --warm-start: continue a finished run instead of starting from scratch (cifar10-rse-hgd version 2, not
   shipped: 15 epochs more of version 1's classifier raised its noise-free accuracy 1.6 points but the served
   one 0.25, the guided DAE bounding it);
+  with --epochs 0, the classifier is kept as it is and only the guided DAE trains on (--dae-guided-cosine
+  anneals its rate to 0 over those epochs: at the constant 1e-3, HGD's loss was still falling by about 0.01
+  an epoch after 20 epochs);
 - split: 1,000 training images (100 per class) held out to calibrate the flag and measure mu and sigma;
   the 10,000 test images, or a stratified subset of --test-images (the served pipeline and RSE alone on all
   10,000 took 7.2 min of 2 CPU cores with no other job running, 16 to 18 min beside other jobs,
