@@ -226,6 +226,12 @@ def load_split(
     return Split(train=held_out.train, calibration=held_out.calibration, test=test)
 
 
+def guided_training_images(train: ImageDataset, count: int, seed: int) -> ImageDataset:
+    """The training images whose PGD examples the guided DAE learns from, in the order `GUIDED_BUDGETS`
+    splits them (the first half at 8/255); `evaluation.guided_gap` attacks the same images."""
+    return train.sample(count, seed=seed + 2)
+
+
 def guided_purifier(
     dae: DenoisingAutoencoder,
     model: nn.Module,
@@ -240,7 +246,7 @@ def guided_purifier(
 
     The examples (about 9 min of 2 CPU cores for 16,000) are kept beside the checkpoints, so a resumed run
     does not craft them again; like the checkpoints, they belong to this folder's classifier."""
-    chosen = train.sample(args.dae_guided_images, seed=args.seed + 2)
+    chosen = guided_training_images(train, args.dae_guided_images, args.seed)
     guide = without_noise(model)
     crafted = checkpoints / f"dae-guided-examples-{len(chosen)}-s{args.seed}.npy"
     if crafted.is_file():

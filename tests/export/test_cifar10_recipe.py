@@ -13,13 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
+from evaluation.guided_gap import TEST, TRAINING, markdown, measure
 from evaluation.recipes import CIFAR10
 from evaluation.twin import check_parity, load_twin
-from export.cifar10_rse import main, warm_start
+from export.cifar10_rse import guided_training_images, main, warm_start
 from models.data import CIFAR10_CLASSES
 from service.manifest import load_manifest
 from service.pipeline import run_pipeline
 from service.runtime import EnsembleEngine, PurifierEngine
+from tests.conftest import bundle_dir
 
 CPU = ["CPUExecutionProvider"]
 
@@ -166,3 +168,24 @@ def test_a_warm_start_with_no_epochs_keeps_the_classifier_and_anneals_the_guided
     assert served.keys() == earlier.keys()
     for name, weights in served.items():
         torch.testing.assert_close(weights, earlier[name], atol=0, rtol=0)
+
+
+def test_the_guided_gap_probe_attacks_the_images_the_guided_dae_learned_from(bundle) -> None:
+    """`evaluation.guided_gap` on the recipe's own bundle: its training images are the ones the recipe
+    attacked (each within 8/255 of the examples the recipe kept), and every accuracy is measured."""
+    root, path = bundle
+    manifest = load_manifest(path)
+    if manifest.training["architecture"] != "rse-vgg":
+        pytest.skip("only the VGG-style run trains a guided denoiser")
+    result = measure(path, root, images=4)
+    assert result["dae_guided_images"] == 12 and result["epsilon"] == pytest.approx(8 / 255)
+    assert {name: row["images"] for name, row in result["sets"].items()} == {TRAINING: 4, TEST: 4}
+    for row in result["sets"].values():
+        assert all(0.0 <= row[key] <= 1.0 for key in row if key != "images")
+    split = CIFAR10.split(manifest, root)
+    learned = guided_training_images(split.train, 12, manifest.data.seed).images[:4]
+    kept = np.load(root / "ckpt" / "dae-guided-examples-12-s0.npy")[:4]
+    assert np.abs(kept - learned).max() <= 8 / 255 + 1e-6
+    assert "| training images the guided DAE learned from | 4 |" in markdown(result)
+    with pytest.raises(SystemExit, match="no classifier-guided DAE"):
+        measure(bundle_dir(), None, images=4)
