@@ -5,8 +5,8 @@ A guided DAE (`cifar10-rse-hgd`) learns HGD's loss on one fixed set of PGD examp
 Its training loss says how well it fits that set; the harness's known-weights figures say how much of the
 attack it undoes on test images. This probe puts the two side by side with one attack: the harness's PGD
 at the recipe's largest L∞ budget, crafted on the bundle's classifier with its noise off (APuDAE's gray-box
-setting), on the first `--images` of the training images the guided DAE learned from (those it saw
-attacked at 8/255) and on as many of the bundle's test images, each then sent through the pipeline as the
+setting), on the first `--images` of the training images the guided DAE learned from (the first half of
+them it saw attacked at 8/255, the budget probed) and on as many of the bundle's test images, each then sent through the pipeline as the
 service serves it (purifier + RSE) and through RSE alone. A large gap between the two sets says the DAE
 fits its examples without generalising: more (or fresher) attacked images, not a lower loss, is the lever.
 

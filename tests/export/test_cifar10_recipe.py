@@ -162,8 +162,8 @@ def test_a_warm_start_with_no_epochs_keeps_the_classifier_and_anneals_the_guided
     guided = torch.load(kept / "dae-guided.pt", weights_only=True)
     assert guided["optimizer"]["param_groups"][0]["lr"] < 1e-9, "annealed to 0 by its last step"
     earlier, served = (
-        load_twin(bundle_dir, CIFAR10).classifier.state_dict()
-        for bundle_dir in (path, root / "repo" / "cifar10-rse-apudae" / "3")
+        load_twin(folder, CIFAR10).classifier.state_dict()
+        for folder in (path, root / "repo" / "cifar10-rse-apudae" / "3")
     )
     assert served.keys() == earlier.keys()
     for name, weights in served.items():
