@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     classifiers = {
         "undefended classifier": undefended,
         f"RSE (N = {manifest.rse.default_samples})": ExpectationOverNoise(
-            twin.classifier, manifest.rse.default_samples
+            twin.classifier, manifest.rse.default_samples, mirrored=manifest.rse.mirrored_passes
         ),
     }
     daes = {"shipped DAE": twin.purifier.dae}

@@ -28,6 +28,7 @@ from torch import nn
 
 from export.calibrate import flagged
 from models.purify import AdaptivePurifier, clipped_error
+from models.rse import ensemble_rows
 from service.manifest import Manifest
 from service.pipeline import run_pipeline_batched
 from service.runtime import EnsembleEngine, PurifierEngine, ScreenEngine
@@ -68,15 +69,17 @@ def log_mean_softmax(logits: torch.Tensor) -> torch.Tensor:
 
 class ExpectationOverNoise(nn.Module):
     """log of the softmax averaged over k forward passes: each pass draws its own RSE noise, so the gradient
-    of this output is the EoT gradient of the ensemble's decision."""
+    of this output is the EoT gradient of the ensemble's decision. With `mirrored`, the passes are the
+    graph's (`ensemble_rows`: every odd one sees the image flipped), so an even k sees both views."""
 
-    def __init__(self, model: nn.Module, samples: int) -> None:
+    def __init__(self, model: nn.Module, samples: int, *, mirrored: bool = False) -> None:
         super().__init__()
         self.model = model
         self.samples = samples
+        self.mirrored = mirrored
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.repeat_interleave(self.samples, dim=0)
+        rows = ensemble_rows(x, self.samples, mirrored=self.mirrored)
         return log_mean_softmax(self.model(rows).view(len(x), self.samples, -1))
 
 
@@ -241,10 +244,12 @@ class BundleSystems:
 
     def classifier_model(self, eot_samples: int) -> nn.Module:
         """The twin classifier as an attack sees the ensemble: averaged over k noise draws (EoT) where it
-        has noise; a deterministic one as it is (k identical passes would only cost k times more)."""
-        if not has_noise(self.manifest):
+        has noise or mirrored passes; a deterministic one as it is (k identical passes would only cost k
+        times more)."""
+        mirrored = self.manifest.rse.mirrored_passes
+        if not (has_noise(self.manifest) or mirrored):
             return self.twin_classifier
-        return ExpectationOverNoise(self.twin_classifier, eot_samples)
+        return ExpectationOverNoise(self.twin_classifier, eot_samples, mirrored=mirrored)
 
     def purify_module(self, gradient: str) -> nn.Module:
         if self.purifier_engine is None or self.twin_purifier is None:

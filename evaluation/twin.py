@@ -25,7 +25,7 @@ from torch import nn
 from evaluation.recipes import BundleRecipe
 from export.onnx_export import pin_random_ops
 from models.purify import AdaptivePurifier, PurifierConfig
-from models.rse import GaussianNoise, noise_disabled, noise_layers
+from models.rse import GaussianNoise, ensemble_probabilities, noise_disabled, noise_layers
 from service.manifest import Manifest, load_manifest
 from service.runtime import EnsembleEngine, PurifierEngine
 
@@ -133,9 +133,14 @@ def check_parity(twin: Twin, images: np.ndarray) -> dict[str, float]:
     result = {"noise_scales": float(len(graph_scales))}
     with tempfile.TemporaryDirectory() as folder:
         pinned = EnsembleEngine(pin_random_ops(ensemble_path, Path(folder) / "e.onnx"), providers=CPU)
-        graph = pinned.run(images, 1)[:, 0]
+        # NOTE: two passes where the odd one is mirrored, so that the flip is checked too
+        mirrored = twin.manifest.rse.mirrored_passes
+        passes = 2 if mirrored else 1
+        graph = pinned.run(images, passes)
         with noise_disabled(twin.classifier):
-            own = torch.softmax(twin.classifier(torch.from_numpy(images)), dim=-1).numpy()
+            own = ensemble_probabilities(
+                twin.classifier, torch.from_numpy(images), passes, mirrored=mirrored
+            ).numpy()
         result["ensemble_max_abs_diff"] = float(np.abs(graph - own).max())
         if twin.purifier is not None:
             path = twin.bundle_dir / twin.manifest.graphs["purifier"].path

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -162,6 +163,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="APuDAE's Adam steps before the classifier (13, its default); 0 with --dae-guided-epochs "
         "classifies D(x) alone (cifar10-rse-hgd): the steps cost the guided DAE most of what it undoes",
     )
+    parser.add_argument(
+        "--mirror-passes",
+        action="store_true",
+        help="every odd pass of the served ensemble classifies the image flipped left-right (test-time flip "
+        "averaging, in the graph; the manifest's rse.mirrored_passes)",
+    )
     parser.add_argument("--samples", type=int, default=10, help="default ensemble size N")
     parser.add_argument("--max-samples", type=int, default=64)
     parser.add_argument("--target-fpr", type=float, default=0.05)
@@ -179,8 +186,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a finished run's checkpoint folder: start the classifier from its weights (--epochs more, a "
         "fresh one-cycle schedule peaking at --lr) and take its denoiser (the guided one when it has one) "
-        "instead of training one from scratch (a guided one is continued: --dae-guided-epochs is then required); "
-        "with --epochs 0 the classifier is kept as it is",
+        "instead of training one from scratch (a guided one is continued with --dae-guided-epochs, or kept as it "
+        "is with --epochs 0); with --epochs 0 the classifier is kept as it is",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -284,13 +291,20 @@ def guided_purifier(
     }
 
 
+def serves_guided_dae(args: argparse.Namespace) -> bool:
+    """Whether the bundle's DAE is a classifier-guided one: trained here, or a warm start's, kept."""
+    return args.dae_guided_epochs > 0 or (
+        args.warm_start is not None and warm_denoiser(args.warm_start).name == GUIDED_CHECKPOINT
+    )
+
+
 def purification_config(args: argparse.Namespace, mu: float, sigma: float) -> PurifierConfig:
     """APuDAE's settings with the DAE's own mu and sigma; a guided DAE's output is what gets classified."""
-    return PurifierConfig(mu=mu, sigma=sigma, steps=args.purify_steps, reform=args.dae_guided_epochs > 0)
+    return PurifierConfig(mu=mu, sigma=sigma, steps=args.purify_steps, reform=serves_guided_dae(args))
 
 
 def purifier_description(args: argparse.Namespace) -> str:
-    if not args.dae_guided_epochs:
+    if not serves_guided_dae(args):
         return "APuDAE adaptive purification (REDNet)"
     steps = f"after {args.purify_steps} APuDAE steps" if args.purify_steps else "alone"
     return f"a classifier-guided denoiser (REDNet trained with HGD's loss; its output classified, {steps})"
@@ -324,6 +338,14 @@ def warm_start(module: nn.Module, checkpoint: Path) -> dict[str, object]:
     }
 
 
+def keep_checkpoint(checkpoint: Path, folder: Path) -> None:
+    """Copy a warm start's part that this run keeps as it is into this run's checkpoint folder, so that the
+    folder holds a whole run to warm-start from again (versions 7 and 8 of cifar10-rse-hgd chain so)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if checkpoint.parent.resolve() != folder.resolve():
+        shutil.copy2(checkpoint, folder / checkpoint.name)
+
+
 def pick_device(name: str) -> torch.device:
     """ "auto": CUDA when torch sees a GPU, else the CPU."""
     if name == "auto":
@@ -333,10 +355,18 @@ def pick_device(name: str) -> torch.device:
 
 def build(args: argparse.Namespace) -> Manifest:
     warm_dae = None if args.warm_start is None else warm_denoiser(args.warm_start)
-    if warm_dae is not None and warm_dae.name == GUIDED_CHECKPOINT and not args.dae_guided_epochs:
-        # NOTE: refused before any training: a guided DAE is served as a reformer, which only
-        # --dae-guided-epochs turns on, and it was trained for the earlier classifier, not the continued one.
-        raise ValueError(f"{args.warm_start} holds a guided denoiser: continue it with --dae-guided-epochs")
+    if (
+        warm_dae is not None
+        and warm_dae.name == GUIDED_CHECKPOINT
+        and args.epochs
+        and not args.dae_guided_epochs
+    ):
+        # NOTE: refused before any training: the guided DAE learned to undo attacks on the earlier classifier,
+        # not on the continued one; kept as it is only with that classifier (--epochs 0).
+        raise ValueError(
+            f"{args.warm_start} holds a guided denoiser: continue it with --dae-guided-epochs, or keep the "
+            "classifier too (--epochs 0)"
+        )
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     split = load_split(
@@ -369,6 +399,7 @@ def build(args: argparse.Namespace) -> Manifest:
     if config.epochs:
         training = train_classifier(model, split.train, config, checkpoint=args.checkpoints / "classifier.pt")
     else:  # a warm start's classifier, kept as it is
+        keep_checkpoint(args.warm_start / "classifier.pt", args.checkpoints)
         training = {"epochs": 0, "batch_size": config.batch_size, "bf16": config.bf16}
     training |= {f"warm_start_{k}": v for k, v in warmed.items()}
     with noise_disabled(model):
@@ -387,6 +418,8 @@ def build(args: argparse.Namespace) -> Manifest:
         dae_figures = train_dae(dae, split.train.images, dae_config, checkpoint=args.checkpoints / "dae.pt")
     else:
         dae_figures = {f"warm_start_{k}": v for k, v in warm_start(dae, warm_dae).items()}
+        if not args.dae_guided_epochs:
+            keep_checkpoint(warm_dae, args.checkpoints)
     training |= {f"dae_{k}": v for k, v in dae_figures.items()}
     if args.dae_guided_epochs:
         training |= guided_purifier(dae, model, split.train, args, args.checkpoints)
@@ -404,13 +437,15 @@ def build(args: argparse.Namespace) -> Manifest:
         target_fpr=args.target_fpr,
         seed=args.seed,
         calibration_data=calibration_data,
+        mirrored=args.mirror_passes,
     )
     return write_bundle(
         args.out / args.name / args.version,
         name=args.name,
         version=args.version,
         description=f"{DESCRIBED[args.architecture]} with Random Self-Ensemble noise layers behind "
-        f"{purifier_description(args)}, trained on CIFAR-10 (JPEG).",
+        f"{purifier_description(args)}, trained on CIFAR-10 (JPEG)."
+        + (" Every odd pass classifies the image mirrored left-right." if args.mirror_passes else ""),
         created_at=datetime.now(timezone.utc),
         produced_by=invoking_command(),
         input={"channels": 3, "height": 32, "width": 32, "color_mode": "RGB"},

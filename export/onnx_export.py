@@ -68,15 +68,21 @@ def _export(
 
 
 def export_ensemble(
-    classifier: nn.Module, path: Path, *, input_shape: tuple[int, int, int], deterministic: bool = False
+    classifier: nn.Module,
+    path: Path,
+    *,
+    input_shape: tuple[int, int, int],
+    deterministic: bool = False,
+    mirrored: bool = False,
 ) -> Path:
     """Write the self-ensemble graph of `classifier`; `deterministic=True` (parity tests only) drops the noise.
-    A classifier without noise (the training-time defenses) exports without random ops."""
+    A classifier without noise (the training-time defenses) exports without random ops. `mirrored`: odd
+    passes classify the image flipped left-right (`models.rse.ensemble_rows`)."""
     example = (torch.rand(2, *input_shape), torch.tensor(3, dtype=torch.int64))
     context = noise_disabled(classifier) if deterministic else contextlib.nullcontext()
     with context:
         return _export(
-            SelfEnsemble(classifier),
+            SelfEnsemble(classifier, mirrored=mirrored),
             example,
             path,
             inputs=ENSEMBLE_INPUTS,

@@ -74,18 +74,19 @@ def package(
     target_fpr: float,
     seed: int,
     calibration_data: str,
+    mirrored: bool = False,
 ) -> Packaged:
     """Export into a fresh `bundle_dir`, calibrate on `split.calibration`, measure on `split.test`.
     The classifier carries its RSE noise levels (`sigma_init`, `sigma_inner`), as `RSEClassifier` and
     `RSEResNet` do.
 
     `purifier` is (DAE, its purification settings, the noise sigma it was trained on), or None for an
-    ensemble-only bundle.
+    ensemble-only bundle. `mirrored`: odd passes see the image flipped left-right (`RSESpec.mirrored_passes`).
     """
     if bundle_dir.exists():
         shutil.rmtree(bundle_dir)
     classifier = classifier.cpu().eval()
-    export_ensemble(classifier, bundle_dir / "ensemble.onnx", input_shape=input_shape)
+    export_ensemble(classifier, bundle_dir / "ensemble.onnx", input_shape=input_shape, mirrored=mirrored)
     graphs = {"ensemble": graph_entry(bundle_dir, "ensemble.onnx", ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS)}
     # NOTE: a fixed noise seed makes the calibration and the recorded metrics reproducible run to run.
     providers = choose_providers("cpu")
@@ -138,6 +139,7 @@ def package(
             "sigma_inner": classifier.sigma_inner,
             "default_samples": samples,
             "max_samples": max_samples,
+            "mirrored_passes": mirrored,
         },
         calibration={
             "target_false_positive_rate": target_fpr,

@@ -139,28 +139,43 @@ def without_noise(model: nn.Module) -> nn.Module:
     return copy.eval()
 
 
+def ensemble_rows(images: torch.Tensor, samples: int, *, mirrored: bool = False) -> torch.Tensor:
+    """[B,C,H,W] -> [B*N,C,H,W], image after image: the rows of N passes. With `mirrored`, every odd pass
+    sees its image flipped left-right (test-time flip averaging): for classes that are mirror-symmetric
+    (CIFAR-10, not digits) a second view of the image, which a perturbation crafted for one view only
+    partly survives, at no extra compute."""
+    batch = images.shape[0]
+    rows = images.unsqueeze(1).expand(-1, samples, -1, -1, -1)
+    if mirrored:
+        odd = (torch.arange(samples, device=images.device) % 2 == 1).view(1, samples, 1, 1, 1)
+        rows = torch.where(odd, rows.flip(-1), rows)
+    return rows.reshape(batch * samples, *images.shape[1:])
+
+
 class SelfEnsemble(nn.Module):
     """The exported ensemble graph: images [B,C,H,W] and a scalar N -> per-pass probabilities [B,N,K].
 
-    The N copies of each image are made inside the graph, so the engine runs B x N rows in one call and
-    every row draws its own noise on the execution device.
+    The N copies of each image are made inside the graph (`ensemble_rows`), so the engine runs B x N rows
+    in one call and every row draws its own noise on the execution device.
     """
 
-    def __init__(self, classifier: nn.Module) -> None:
+    def __init__(self, classifier: nn.Module, *, mirrored: bool = False) -> None:
         super().__init__()
         self.classifier = classifier
+        self.mirrored = mirrored
 
     def forward(self, images: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
         n = samples.item()
         torch._check(n >= 1)
-        batch = images.shape[0]
-        rows = images.unsqueeze(1).expand(-1, n, -1, -1, -1).reshape(batch * n, *images.shape[1:])
+        rows = ensemble_rows(images, n, mirrored=self.mirrored)
         probabilities = torch.softmax(self.classifier(rows), dim=-1)
-        return probabilities.reshape(batch, n, probabilities.shape[-1])
+        return probabilities.reshape(images.shape[0], n, probabilities.shape[-1])
 
 
 @torch.no_grad()
-def ensemble_probabilities(model: nn.Module, images: torch.Tensor, samples: int) -> torch.Tensor:
+def ensemble_probabilities(
+    model: nn.Module, images: torch.Tensor, samples: int, *, mirrored: bool = False
+) -> torch.Tensor:
     """[B, N, K] per-pass probabilities of `model` (eval mode, noise as configured)."""
-    ensemble = SelfEnsemble(model).eval()
+    ensemble = SelfEnsemble(model, mirrored=mirrored).eval()
     return ensemble(images, torch.tensor(samples, dtype=torch.int64))

@@ -70,6 +70,9 @@ class RSESpec(_Strict):
     """N used when a request does not ask for one."""
     max_samples: int = Field(ge=1)
     """Largest N a request may ask for (bounds the engine work per image)."""
+    mirrored_passes: bool = False
+    """Whether the ensemble graph classifies the image flipped left-right in every odd pass (test-time flip
+    averaging; bundles of mirror-symmetric classes only). The graph does it; an attack's twin must too."""
 
     @model_validator(mode="after")
     def _default_within_max(self) -> RSESpec:

@@ -106,3 +106,18 @@ def test_expectation_over_noise_is_the_log_of_the_mean_softmax() -> None:
     passes = torch.softmax(model(x.repeat_interleave(5, dim=0)), dim=-1).view(2, 5, -1)
     assert torch.allclose(averaged, passes.mean(dim=1).log(), atol=1e-5)
     assert torch.allclose(averaged.exp().sum(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_expectation_over_a_mirrored_ensemble_sees_both_views_as_the_graph_does() -> None:
+    """Odd draws classify the flipped image, so an attack's gradient is the served ensemble's, both views."""
+    torch.manual_seed(0)
+    model = RSEClassifier(MNIST_SMALL, sigma_init=0.3, sigma_inner=0.1).eval()
+    x = torch.rand(2, 1, 28, 28)
+    torch.manual_seed(1)
+    averaged = ExpectationOverNoise(model, samples=4, mirrored=True)(x)
+    torch.manual_seed(1)
+    rows = torch.stack([x, x.flip(-1)] * 2, dim=1).reshape(8, 1, 28, 28)
+    passes = torch.softmax(model(rows), dim=-1).view(2, 4, -1)
+    assert torch.allclose(averaged, passes.mean(dim=1).log(), atol=1e-5)
+    torch.manual_seed(1)
+    assert not torch.allclose(averaged, ExpectationOverNoise(model, samples=4)(x), atol=1e-3)

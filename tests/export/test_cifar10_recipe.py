@@ -132,7 +132,10 @@ def test_a_warm_started_run_continues_from_the_earlier_weights(bundle) -> None:
     # the denoiser is taken, not trained again: the guided one where the earlier run trained one
     source = "dae-guided.pt" if architecture == "rse-vgg" else "dae.pt"
     assert training["dae_warm_start_from"] == str(root / "ckpt" / source)
-    assert not (warm / "dae.pt").exists()
+    if architecture == "rse-vgg":  # guided further: its own checkpoint, no plain one
+        assert not (warm / "dae.pt").exists() and (warm / source).is_file()
+    else:  # kept as it is, so copied: the folder is a whole run to warm-start from
+        assert (warm / source).read_bytes() == (root / "ckpt" / source).read_bytes()
 
 
 def test_an_unfinished_training_is_no_warm_start(tmp_path: Path) -> None:
@@ -156,7 +159,8 @@ def test_a_warm_start_with_no_epochs_keeps_the_classifier_and_anneals_the_guided
     main([*run, "--checkpoints", str(kept), "--dae-guided-cosine", "--version", "3"])
     manifest = load_manifest(root / "repo" / "cifar10-rse-apudae" / "3")
     assert manifest.training["epochs"] == 0 and manifest.training["dae_guided_lr_schedule"] == "cosine"
-    assert not (kept / "classifier.pt").exists()
+    # kept as it is, so copied beside the guided DAE: the folder is a whole run to warm-start from
+    assert (kept / "classifier.pt").read_bytes() == (root / "ckpt" / "classifier.pt").read_bytes()
     # the evaluation's undefended model is trained like the earlier classifier
     assert CIFAR10.surrogate(manifest) == CIFAR10.surrogate(load_manifest(path))
     guided = torch.load(kept / "dae-guided.pt", weights_only=True)
@@ -168,6 +172,36 @@ def test_a_warm_start_with_no_epochs_keeps_the_classifier_and_anneals_the_guided
     assert served.keys() == earlier.keys()
     for name, weights in served.items():
         torch.testing.assert_close(weights, earlier[name], atol=0, rtol=0)
+
+
+def test_a_warm_start_that_trains_nothing_repackages_the_guided_run_with_mirrored_passes(bundle) -> None:
+    """`--epochs 0 --dae-guided-epochs 0`: both trained parts kept, weight for weight, the guided DAE still
+    served as a reformer; `--mirror-passes` flips every odd pass in the graph, which the twin matches."""
+    root, path = bundle
+    if load_manifest(path).training["architecture"] != "rse-vgg":
+        pytest.skip("only the VGG-style run trains a guided denoiser")
+    # fmt: off
+    main([*_small_run(root, "rse-vgg"), "--warm-start", str(root / "ckpt"), "--epochs", "0",
+          "--dae-guided-epochs", "0", "--mirror-passes", "--checkpoints", str(root / "kept-both"), "--version", "4"])
+    # fmt: on
+    repackaged = root / "repo" / "cifar10-rse-apudae" / "4"
+    manifest = load_manifest(repackaged)
+    assert manifest.rse.mirrored_passes and not load_manifest(path).rse.mirrored_passes
+    assert manifest.purifier is not None and manifest.purifier.reform
+    assert manifest.training["dae_warm_start_from"] == str(root / "ckpt" / "dae-guided.pt")
+    assert "mirrored" in manifest.description
+    for part in ("classifier.pt", "dae-guided.pt"):
+        assert (root / "kept-both" / part).read_bytes() == (root / "ckpt" / part).read_bytes()
+    earlier, kept = (load_twin(folder, CIFAR10) for folder in (path, repackaged))
+    assert kept.purifier is not None and earlier.purifier is not None
+    for part in ("classifier", "purifier"):
+        ours, theirs = getattr(kept, part).state_dict(), getattr(earlier, part).state_dict()
+        assert ours.keys() == theirs.keys()
+        for name, weights in ours.items():
+            torch.testing.assert_close(weights, theirs[name], atol=0, rtol=0)
+    images = CIFAR10.split(manifest, root).test.images[:8]
+    # two pinned passes of the graph against the twin's, the second on the flipped images
+    assert check_parity(kept, images)["ensemble_max_abs_diff"] < 1e-4
 
 
 def test_the_guided_gap_probe_attacks_the_images_the_guided_dae_learned_from(bundle) -> None:

@@ -73,6 +73,26 @@ def test_parity_with_torch_in_deterministic_mode(tiny_model: RSEClassifier, grap
     assert np.abs(actual - expected).max() < 1e-4
 
 
+def test_a_mirrored_ensemble_classifies_every_odd_pass_on_the_flipped_image(
+    tiny_model: RSEClassifier, tmp_path: Path
+) -> None:
+    path = export_ensemble(
+        tiny_model, tmp_path / "mirrored.onnx", input_shape=(1, 28, 28), deterministic=True, mirrored=True
+    )
+    x = images(3)
+    passes = EnsembleEngine(path, providers=CPU).run(x, 5)
+    with noise_disabled(tiny_model):
+        plain, flipped = (
+            ensemble_probabilities(tiny_model, torch.from_numpy(view.copy()), samples=1).numpy()
+            for view in (x, x[..., ::-1])
+        )
+        torch_passes = ensemble_probabilities(tiny_model, torch.from_numpy(x), samples=5, mirrored=True)
+    assert np.abs(plain - flipped).max() > 1e-3, "random images: the two views must differ"
+    assert np.abs(passes[:, 0::2] - plain).max() < 1e-4
+    assert np.abs(passes[:, 1::2] - flipped).max() < 1e-4
+    assert np.abs(passes - torch_passes.numpy()).max() < 1e-4
+
+
 def test_batched_call_equals_separate_calls(graphs: dict[str, Path]) -> None:
     x = images(5, seed=1)
     engine = EnsembleEngine(graphs["deterministic"], providers=CPU)
