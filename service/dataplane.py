@@ -227,7 +227,11 @@ class DataPlane:
             ),
             classes=manifest.classes,
             samples={"default": manifest.rse.default_samples, "max": manifest.rse.max_samples},
-            rse={"sigma_init": manifest.rse.sigma_init, "sigma_inner": manifest.rse.sigma_inner},
+            rse={
+                "sigma_init": manifest.rse.sigma_init,
+                "sigma_inner": manifest.rse.sigma_inner,
+                "mirrored_passes": manifest.rse.mirrored_passes,
+            },
             purifier=manifest.purifier.model_dump() if manifest.purifier else None,
             defense=manifest.defense.model_dump() if manifest.defense else None,
             provider=model.engine.provider,

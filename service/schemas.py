@@ -92,7 +92,9 @@ class ModelInfo(BaseModel):
     input: InputInfo
     classes: list[str]
     samples: dict[str, int]
-    rse: dict[str, float]
+    rse: dict[str, float | bool] = Field(
+        description="Noise levels, and whether odd passes classify the image mirrored left-right."
+    )
     purifier: dict[str, Any] | None
     defense: dict[str, Any] | None = Field(
         default=None, description="The training-time defense baked into the weights, if any."

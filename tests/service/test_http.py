@@ -98,6 +98,8 @@ def test_models_health_and_readiness(client: TestClient) -> None:
     assert model["name"] == DEFAULT_MODEL and model["default"] and model["provider"] == "CPUExecutionProvider"
     assert model["input"]["shape"] == [1, 28, 28] and model["classes"] == [str(d) for d in range(10)]
     assert model["samples"] == {"default": 10, "max": 64}
+    # digits are not mirror-symmetric: no mirrored passes
+    assert model["rse"] == {"sigma_init": 0.2, "sigma_inner": 0.1, "mirrored_passes": False}
     assert model["purifier"]["steps"] == 13 and set(model["calibration"]["thresholds"]) == {
         "reconstruction", "disagreement", "purification_changed_label",
     }  # fmt: skip
