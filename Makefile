@@ -22,10 +22,13 @@ CIFAR10_DATA ?= ../shared/data
 # 32-64-128, 60 + 20 epochs, all 10,000 test images) on a GPU, checkpoints in runs/cifar10-v7
 CIFAR10_VERSION ?= 4
 CIFAR10_ARGS ?= --device cpu --architecture rse-vgg --bf16 --epochs 20 --dae-epochs 5 --test-images 2000
-# the shipped cifar10-rse-hgd/1: the same classifier and denoiser, then the denoiser trained with HGD's loss
-# (its parts, timed in separate runs, add up to about 67 min; copy $(CIFAR10_CHECKPOINTS)/{classifier,dae}.pt
-# into runs/cifar10-hgd/ first to reuse version 4's trainings)
-HGD_ARGS ?= $(CIFAR10_ARGS) --dae-guided-epochs 20 --dae-guided-images 16000 --purify-steps 0
+# the shipped cifar10-rse-hgd/8, in the three runs that made it: version 1 (the same classifier and denoiser,
+# then the denoiser trained with HGD's loss on PGD examples of 16,000 training images; its parts, timed in
+# separate runs, add up to about 67 min; copy $(CIFAR10_CHECKPOINTS)/{classifier,dae}.pt into runs/cifar10-hgd/
+# first to reuse version 4's trainings), version 7 (that guided DAE 6 epochs more, annealed, on PGD examples of
+# all 49,000 training images: 26 min of crafting, 18 of training) and version 8 (version 7 repackaged with
+# mirrored passes, 3 min); each run resumes from its checkpoints, and a later option wins over an earlier one
+HGD_ARGS ?= $(CIFAR10_ARGS) --purify-steps 0
 CIFAR10_CHECKPOINTS ?= runs/cifar10-v$(CIFAR10_VERSION)
 
 .PHONY: serve test check-deploy models defenses examples bench soak eval cifar10 cifar10-hgd lint format clean
@@ -83,9 +86,15 @@ cifar10: $(VENV)/.dev-deps  ## train and export the CIFAR-10 bundle (resumes fro
 	@# a refusal (float16 answers beyond the tolerance, as for version 1) leaves the bundle float32-only
 	-$(BIN)/python -m export.fp16 model_repository/cifar10-rse-apudae/$(CIFAR10_VERSION) --data $(CIFAR10_DATA)
 
-cifar10-hgd: $(VENV)/.dev-deps  ## train and export the classifier-guided CIFAR-10 bundle (resumes from runs/cifar10-hgd)
+cifar10-hgd: $(VENV)/.dev-deps  ## train and export the classifier-guided CIFAR-10 bundle (resumes from runs/cifar10-hgd*)
+	$(BIN)/python -m export.cifar10_rse --data $(CIFAR10_DATA) --out runs/bundles --name cifar10-rse-hgd \
+		--version 1 --checkpoints runs/cifar10-hgd $(HGD_ARGS) --dae-guided-epochs 20 --dae-guided-images 16000
+	$(BIN)/python -m export.cifar10_rse --data $(CIFAR10_DATA) --out runs/bundles --name cifar10-rse-hgd \
+		--version 7 --checkpoints runs/cifar10-hgd7 --warm-start runs/cifar10-hgd $(HGD_ARGS) --epochs 0 \
+		--dae-guided-epochs 6 --dae-guided-cosine --dae-guided-images 49000
 	$(BIN)/python -m export.cifar10_rse --data $(CIFAR10_DATA) --out model_repository --name cifar10-rse-hgd \
-		--version 1 --checkpoints runs/cifar10-hgd $(HGD_ARGS)
+		--version 8 --checkpoints runs/cifar10-hgd8 --warm-start runs/cifar10-hgd7 $(HGD_ARGS) --epochs 0 \
+		--dae-guided-epochs 0 --mirror-passes
 
 examples: $(VENV)/.dev-deps  ## rewrite the example images under examples/ (CIFAR-10 ones from $(CIFAR10_DATA))
 	$(BIN)/python -m export.examples --out examples --cifar10-data $(CIFAR10_DATA)

@@ -47,7 +47,7 @@ def test_mnist_bundle_is_measured_on_its_own_test_split(tmp_path: Path) -> None:
     not SHARED_CIFAR_TEST.is_file(), reason=f"{SHARED_CIFAR_TEST} absent (only on dev/CI machines)"
 )
 def test_cifar10_bundle_is_measured_on_the_whole_test_set(tmp_path: Path) -> None:
-    bundle = SHIPPED_REPOSITORY / "cifar10-rse-hgd" / "1"
+    bundle = SHIPPED_REPOSITORY / "cifar10-rse-hgd" / "8"
     data = str(SHARED_CIFAR_TEST.parent)
     result, _ = _measure(tmp_path, "--bundle", str(bundle), "--data", data, "--images", "40")
     assert result["images"] == 40 and result["test_set"] == "the dataset's whole test set"
