@@ -27,7 +27,7 @@ CIFAR10_ARGS ?= --device cpu --architecture rse-vgg --bf16 --epochs 20 --dae-epo
 # separate runs, add up to about 67 min; copy $(CIFAR10_CHECKPOINTS)/{classifier,dae}.pt into runs/cifar10-hgd/
 # first to reuse version 4's trainings), version 7 (that guided DAE 6 epochs more, annealed, on PGD examples of
 # all 49,000 training images: 26 min of crafting, 18 of training) and version 8 (version 7 repackaged with
-# mirrored passes, 3 min); each run resumes from its checkpoints, and a later option wins over an earlier one
+# mirrored passes, about 2 min); each run resumes from its checkpoints, and a later option wins over an earlier one
 HGD_ARGS ?= $(CIFAR10_ARGS) --purify-steps 0
 CIFAR10_CHECKPOINTS ?= runs/cifar10-v$(CIFAR10_VERSION)
 
