@@ -361,12 +361,7 @@ def pick_device(name: str) -> torch.device:
 
 def build(args: argparse.Namespace) -> Manifest:
     warm_dae = None if args.warm_start is None else warm_denoiser(args.warm_start)
-    if (
-        warm_dae is not None
-        and warm_dae.name == GUIDED_CHECKPOINT
-        and args.epochs
-        and not args.dae_guided_epochs
-    ):
+    if serves_guided_dae(args) and args.epochs and not args.dae_guided_epochs:
         # NOTE: refused before any training: the guided DAE learned to undo attacks on the earlier classifier,
         # not on the continued one; kept as it is only with that classifier (--epochs 0).
         raise ValueError(
